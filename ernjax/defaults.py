@@ -1,0 +1,71 @@
+"""The full config tree with generic defaults; `configs/*.py` set the paper protocols on top.
+
+Every field a module reads is declared here, so `--config.x.y=...` overrides fail loudly on typos.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the config tree shared by every protocol (generic values, no paper defaults)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = d = ml_collections.ConfigDict()
+    d.cohort_dir = ""  # "" = the embedded synthetic cohort, written under WORKDIR/synthetic_cohort
+    d.records_dir = ""  # "" = WORKDIR/records
+    d.kind = "slices2d"  # "slices2d" (one example per lesion slice) or "volumes3d" (one per subject)
+    # Modality name -> glob relative to the subject folder; exactly one file must match.
+    d.modalities = {
+        "t1": "*_t1.nii.gz",
+        "t1c": "*_t1c.nii.gz",
+        "t2": "*_t2.nii.gz",
+        "flair": "*_flair.nii.gz",
+    }
+    d.mask_pattern = ""  # glob of a lesion mask, "" for none
+    d.slices_column = ""  # labels.csv column with lesion slice indices ("12;13;14"), "" for none
+    d.classes = ("necrosis", "recurrence")  # labels.csv values; the position is the class index
+    d.channels = ("t1", "t2", "t1c")  # modalities, in channel order
+    d.reference = "t1"  # modality whose grid the others are resampled onto
+    d.spacing = ()  # (x, y, z) mm in canonical RAS; () keeps the reference spacing
+    d.shape = (96, 96)  # output shape: (H, W) for slices2d, (D, H, W) for volumes3d
+    d.normalize = "minmax"  # "minmax" to [0, 1] or "zscore", inside the non-zero (brain) region
+    d.on_error = "raise"  # "raise" or "skip" (skips are logged and recorded in the metadata)
+    d.split = ml_collections.ConfigDict(
+        dict(test=0.2, validation=0.2, folds=5, seed=0)
+    )
+    d.fold = -1  # -1: train/validation splits as built; k >= 0: fold k of train+validation validates
+    d.augment = ml_collections.ConfigDict(
+        dict(enabled=True, flip=True, rotate_deg=10.0, scale=0.1, intensity=0.1)
+    )
+    d.worker_count = 0  # Grain worker processes (0 = in the main process)
+    # The synthetic cohort (ernjax.phantoms), used when cohort_dir is "".
+    d.synthetic = ml_collections.ConfigDict(
+        dict(subjects=60, seed=0, difficulty=0.5, recurrence_fraction=0.66, slice_thickness=0.0)
+    )
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name = "ern_b0"
+    m.num_classes = 2
+    m.dropout = 0.2
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 32  # global batch, split over all devices of all processes
+    t.num_epochs = 10
+    t.optimizer = "adamw"  # "adam" or "adamw"
+    t.learning_rate = 1e-3
+    t.schedule = "cosine"  # "cosine" (linear warmup then cosine decay) or "constant"
+    t.warmup_epochs = 1.0
+    t.weight_decay = 1e-4
+    t.grad_clip = 1.0  # global-norm clip, 0 to disable
+    t.class_weights = ()  # () = n_total / (n_classes * n_class) from the training split
+    t.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    t.early_stopping_patience = 0  # epochs without validation AUC gain before stopping; 0 = off
+    t.log_every_steps = 10
+    t.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+    t.keep_checkpoints = 3
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch_size = 64
+    e.positive_class = "recurrence"  # printed beside every sensitivity/specificity
+    return c
