@@ -14,7 +14,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.cohort_dir = ""  # "" = the embedded synthetic cohort, written under WORKDIR/synthetic_cohort
     d.records_dir = ""  # "" = WORKDIR/records
-    d.kind = "slices2d"  # "slices2d" (one example per lesion slice) or "volumes3d" (one per subject)
+    d.kind = "slices2d"  # "slices2d" (an example per lesion slice) or "volumes3d" (per subject)
     # Modality name -> glob relative to the subject folder; exactly one file must match.
     d.modalities = {
         "t1": "*_t1.nii.gz",
@@ -31,10 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.shape = (96, 96)  # output shape: (H, W) for slices2d, (D, H, W) for volumes3d
     d.normalize = "minmax"  # "minmax" to [0, 1] or "zscore", inside the non-zero (brain) region
     d.on_error = "raise"  # "raise" or "skip" (skips are logged and recorded in the metadata)
-    d.split = ml_collections.ConfigDict(
-        dict(test=0.2, validation=0.2, folds=5, seed=0)
-    )
-    d.fold = -1  # -1: train/validation splits as built; k >= 0: fold k of train+validation validates
+    d.split = ml_collections.ConfigDict(dict(test=0.2, validation=0.2, folds=5, seed=0))
+    d.fold = -1  # -1: train/validation as built; k >= 0: fold k of train+validation validates
     d.augment = ml_collections.ConfigDict(
         dict(enabled=True, flip=True, rotate_deg=10.0, scale=0.1, intensity=0.1)
     )
