@@ -1,0 +1,39 @@
+"""Trains and evaluates a model: `python -m ernjax.main --config=configs/ern.py --workdir=DIR`.
+
+Overrides work the ml_collections way, e.g. `--config.train.num_epochs=3`,
+`--config.data.cohort_dir=/data/cohort`. Rerunning the same command resumes from the latest
+checkpoint in WORKDIR/checkpoints.
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ernjax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "workdir", "Directory for records, checkpoints, logs and results.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host, SLURM).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (None: from SLURM).")
+flags.DEFINE_integer("num_processes", None, "Processes in the job (None: from SLURM).")
+flags.DEFINE_integer("process_id", None, "This process's rank (None: from SLURM).")
+config_flags.DEFINE_config_file(
+    "config", "configs/ern.py", "Training configuration file.", lock_config=True
+)
+
+
+def main(argv):
+    """Entry point (absl)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.distributed:
+        # One process per host; SLURM / the launch scripts provide the coordinator.
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    logging.info(
+        "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
+    )
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

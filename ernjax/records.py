@@ -1,0 +1,160 @@
+"""Build and open the TFDS records of a cohort: one directory per distinct data setting, atomic.
+
+The records of a setting live in `RECORDS/ernjax_mri/<kind>-<hash>/1.0.0/`, where the hash covers
+every `config.data` field that changes the examples and a fingerprint of the cohort's files, so
+changing a pattern, a shape or a scan gives new records instead of silently reusing stale ones.
+A build runs in a staging directory that is renamed into place only when complete: a failed build
+leaves nothing behind, and a rebuild after a fix starts clean.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from data_builders.ernjax_mri import ernjax_mri_dataset_builder as builder_lib
+
+# config.data fields that change what is written (augmentation, fold and workers do not).
+_RECORD_FIELDS = (
+    "kind",
+    "modalities",
+    "mask_pattern",
+    "slices_column",
+    "classes",
+    "channels",
+    "reference",
+    "spacing",
+    "shape",
+    "normalize",
+    "on_error",
+    "split",
+)
+INDEX = "index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """A built dataset: its directory and the per-split index of examples.
+
+    Attributes:
+      path: the dataset directory (holds the array_record shards and dataset_info.json).
+      index: {"splits": {split: {"subject_id": [...], "label": [...]}}, "image_shape": [...],
+        "class_names": [...], "kind": str, "assignment": {subject: {"split", "fold"}},
+        "skipped": [...]}; list positions are the record indices of each split.
+    """
+
+    path: Path
+    index: dict
+
+    def source(self, split: str):
+        """Returns the random-access data source of one split (decodes to numpy)."""
+        return tfds.builder_from_directory(str(self.path)).as_data_source(split=split)
+
+
+def cohort_fingerprint(cohort_dir: Path) -> str:
+    """Hash of every file's relative path, size and modification time under the cohort."""
+    h = hashlib.sha1()
+    for root, dirs, files in os.walk(cohort_dir):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(root, name)
+            st = p.stat()
+            h.update(f"{p.relative_to(cohort_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def record_settings(data, cohort_dir: Path) -> dict:
+    """The plain-dict data settings the builder needs, with the cohort's absolute path."""
+    d = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    out = {k: d[k] for k in _RECORD_FIELDS}
+    out["cohort_dir"] = str(Path(cohort_dir).resolve())
+    out["build_workers"] = int(d.get("build_workers", 0))
+    # JSON round trip: tuples -> lists, so the hash and the stored metadata agree.
+    return json.loads(json.dumps(out, sort_keys=True))
+
+
+def dataset_name(settings: dict) -> str:
+    """`<kind>-<hash of the settings and the cohort fingerprint>`."""
+    key = {k: v for k, v in settings.items() if k != "build_workers"}
+    key["fingerprint"] = cohort_fingerprint(Path(settings["cohort_dir"]))
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{settings['kind']}-{digest}"
+
+
+def build(data, cohort_dir, records_dir) -> Records:
+    """Builds the records of `cohort_dir` under `records_dir` unless they already exist.
+
+    Args:
+      data: `config.data` (ml_collections.ConfigDict or dict).
+      cohort_dir: the cohort folder (labels.csv + one folder per subject).
+      records_dir: root folder of all record sets.
+
+    Returns:
+      The built (or found) records.
+
+    Raises:
+      InputError: bad input under on_error="raise"; nothing is left on disk.
+    """
+    settings = record_settings(data, cohort_dir)
+    name = dataset_name(settings)
+    final = Path(records_dir) / "ernjax_mri" / name / str(builder_lib.VERSION)
+    if (final / INDEX).exists():
+        logging.info("records found: %s", final)
+        return open_records(final)
+    staging = Path(records_dir) / f".staging-{name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        builder = builder_lib.Builder(
+            config=builder_lib.ErnjaxMriConfig(name=name, data=settings), data_dir=str(staging)
+        )
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False, download_dir=str(staging / "downloads")
+            ),
+        )
+        built = Path(builder.data_dir)
+        _write_index(built, builder.info)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(final, ignore_errors=True)  # an index-less leftover of an older version
+        os.replace(built, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logging.info("records built: %s", final)
+    return open_records(final)
+
+
+def open_records(path) -> Records:
+    """Opens records written by `build`."""
+    path = Path(path)
+    return Records(path, json.loads((path / INDEX).read_text()))
+
+
+def _write_index(path: Path, info) -> None:
+    # One pass over the records: the subject and label of every record index, so fold
+    # selection, class counts and subject-wise evaluation never decode an image again.
+    b = tfds.builder_from_directory(str(path))
+    splits = {}
+    for split in info.splits:
+        src = b.as_data_source(split=split)
+        rows = [src[i] for i in range(len(src))]
+        splits[split] = {
+            "subject_id": [r["subject_id"].decode() for r in rows],
+            "label": [int(r["label"]) for r in rows],
+        }
+    data = info.metadata["data"]
+    index = {
+        "splits": splits,
+        "kind": data["kind"],
+        "class_names": list(data["classes"]),
+        "image_shape": list(data["shape"]) + [len(data["channels"])],
+        "channels": list(data["channels"]),
+        "assignment": info.metadata["assignment"],
+        "skipped": info.metadata["skipped"],
+    }
+    (path / INDEX).write_text(json.dumps(index, indent=1))
