@@ -67,4 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = e = ml_collections.ConfigDict()
     e.batch_size = 64
     e.positive_class = "recurrence"  # printed beside every sensitivity/specificity
+    e.ci_method = "wilson"  # proportions: "wilson", "wilson_cc", "exact" (Clopper-Pearson), "wald"
+    e.auc_ci = "delong"  # "delong" or "bootstrap" (resamples subjects, not slices)
+    e.subject_method = "mean"  # "mean" (Gao), "predictive_index" (Shin), "majority"
+    e.tune_threshold = False  # True: image cut-off by Youden's J on validation (never on test)
+    e.n_bootstrap = 1000
+    e.confidence = 0.95
     return c

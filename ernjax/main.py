@@ -27,7 +27,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.distributed:
-        # One process per host; SLURM / the launch scripts provide the coordinator.
+        # One process per host; SLURM / the launch scripts provide the coordinator. Gloo gives
+        # the CPU backend cross-process collectives (GPUs use NCCL regardless).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.info(
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()

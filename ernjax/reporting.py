@@ -1,0 +1,233 @@
+"""Tables and ROC figures from `ernjax.evaluate` results, in the layout of the papers' tables.
+
+Gao 2020 Tables 3-4 give "Sensitivity (95% CI)", "Specificity (95% CI)", "Accuracy (95% CI)" and
+"Area under the curve (95% CI)" per model and MRI sequence, as "0.915 (0.895-0.932)"; Ying 2025
+Tables 5-6 give one-sample t tests per model. Numbers only; no statistics are computed here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Gao 2020's column order (Tables 3-5).
+DEFAULT_COLUMNS = ("sensitivity", "specificity", "accuracy", "auc")
+_TITLES = {
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "accuracy": "Accuracy",
+    "precision": "Precision",
+    "f1": "F1",
+    "auc": "AUC",
+}
+_CI_NAMES = {
+    "wilson": "Wilson",
+    "wilson_cc": "Wilson with continuity correction",
+    "exact": "Clopper-Pearson exact",
+    "wald": "Wald",
+    "delong": "DeLong",
+    "bootstrap": "bootstrap over subjects",
+}
+
+
+def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
+    """Nested results as flat "a.b.c" -> float, e.g. for TensorBoard or a CSV row.
+
+    A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; strings and notes are left
+    out, numbers (ints, bools, NaN included) become floats.
+
+    Args:
+      results: nested mappings, e.g. {"test": evaluate_predictions(...)}.
+      prefix: prepended to every key, joined by ".".
+
+    Returns:
+      {"test.image.auc": 0.91, "test.image.auc_ci_low": 0.85, ...}.
+    """
+    out = {}
+    for key, value in results.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        elif str(key).endswith("_ci") and isinstance(value, Sequence | np.ndarray):
+            out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in value)
+        elif isinstance(value, numbers.Real):
+            out[name] = float(value)
+    return out
+
+
+def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[str, Mapping]]:
+    """(row name, metrics) pairs: "name level" for evaluate_predictions output, else "name"."""
+    rows = []
+    for name, res in results.items():
+        if "auc" in res:
+            rows.append((str(name), res))
+        else:
+            rows.extend((f"{name} {lvl}", res[lvl]) for lvl in levels if lvl in res)
+    return rows
+
+
+def _number(value, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _csv_number(value: float) -> str:
+    """Full precision; whole numbers (counts) without ".0"."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _cell(metrics: Mapping, column: str, digits: int) -> str:
+    """'0.915 (0.895-0.932)'; 'n/a' for NaN; no interval where none was computed."""
+    text = _number(metrics.get(column, math.nan), digits)
+    ci = metrics.get(f"{column}_ci")
+    if ci is None or text == "n/a":
+        return text
+    return f"{text} ({_number(ci[0], digits)}-{_number(ci[1], digits)})"
+
+
+def _render(header: list[str], body: list[list[str]], fmt: str) -> str:
+    """Text (aligned), Markdown (pipe table) or CSV."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *body])
+        return buffer.getvalue()
+    if fmt == "markdown":
+        lines = [header, ["---"] * len(header), *body]
+        return "\n".join("| " + " | ".join(r) + " |" for r in lines) + "\n"
+    if fmt == "text":
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        lines = [header, ["-" * w for w in widths], *body]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+        )
+    raise ValueError(f"table format {fmt!r}: expected 'text', 'markdown' or 'csv'")
+
+
+def format_table(
+    results: Mapping[str, Mapping],
+    *,
+    fmt: str = "text",
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    levels: Sequence[str] = ("image", "subject"),
+    digits: int = 3,
+) -> str:
+    """A table of metrics with CIs, one row per result and level (Gao 2020 Table 4 layout).
+
+    Args:
+      results: row name -> `evaluate_predictions` output (rows "<name> image", "<name> subject")
+        or -> one level's metrics (row "<name>"). Names can carry model and sequence, e.g.
+        "ERN-Net T1c".
+      fmt: "text", "markdown" or "csv". Text and Markdown show "0.915 (0.895-0.932)" and end with
+        a line naming the positive class and the CI methods; CSV has one number per cell
+        ("<metric>", "<metric>_ci_low", "<metric>_ci_high") and a positive_class column.
+      columns: metric keys, in order.
+      levels: which levels of `evaluate_predictions` output to show.
+      digits: decimals (Gao reports 3).
+
+    Returns:
+      The table as a string.
+    """
+    rows = _rows(results, levels)
+    positives = sorted({str(m.get("positive_class", "?")) for _, m in rows})
+    if fmt == "csv":
+        header = ["row", "positive_class", "n", "n_positive"]
+        for col in columns:
+            header += [col, f"{col}_ci_low", f"{col}_ci_high"]
+        flat = [(name, flatten(m)) for name, m in rows]
+        body = [[name, str(m.get("positive_class", ""))] for name, m in rows]
+        for cells, (_, f) in zip(body, flat, strict=True):
+            cells += [_csv_number(f.get(key, math.nan)) for key in header[2:]]
+        return _render(header, body, fmt)
+    one_positive = len(positives) == 1
+    header = ["", "n (positive)"] + [_TITLES.get(c, c) + " (95% CI)" for c in columns]
+    for i, col in enumerate(columns):
+        if one_positive and col in ("sensitivity", "specificity", "precision"):
+            header[i + 2] = f"{_TITLES[col]} [positive: {positives[0]}] (95% CI)"
+    if not one_positive:
+        header.insert(1, "positive class")
+    body = []
+    for name, m in rows:
+        count = f"{m.get('n', '?')} ({m.get('n_positive', '?')})"
+        cells = [name] + ([] if one_positive else [str(m.get("positive_class", "?"))])
+        body.append(cells + [count] + [_cell(m, c, digits) for c in columns])
+    return _render(header, body, fmt) + _footnote(rows, positives)
+
+
+def _footnote(rows, positives) -> str:
+    """The positive class and the CI methods, as the papers' table footnotes give them."""
+    if not rows:
+        return ""
+    m = rows[0][1]
+    level = m.get("confidence", 0.95)
+    proportion = _CI_NAMES.get(m.get("ci_method"), m.get("ci_method", "?"))
+    auc = _CI_NAMES.get(m.get("auc_ci_method"), m.get("auc_ci_method", "?"))
+    return (
+        f"\nPositive class: {', '.join(positives)}. {level:.0%} CIs: {proportion} for proportions,"
+        f" {auc} for AUC. n/a: undefined (e.g. one class only).\n"
+    )
+
+
+def format_ttests(tests: Mapping[str, Mapping], *, fmt: str = "text", digits: int = 3) -> str:
+    """A table of `one_sample_ttests` results per model (Ying 2025 Tables 5-6).
+
+    Args:
+      tests: row name (e.g. model) -> `one_sample_ttests` output.
+      fmt: "text", "markdown" or "csv".
+      digits: decimals of t and of the mean probability.
+
+    Returns:
+      One row per model and group ("all" and each class): n, mean probability of the true class,
+      t and two-sided p.
+    """
+    header = ["", "group", "n", "mean p(true class)", "t", "p"]
+    body = []
+    for name, groups in tests.items():
+        for group, r in groups.items():
+            p = "n/a" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+            stats = [_number(r["mean"], digits), _number(r["t"], digits), p]
+            body.append([str(name), str(group), str(r["n"]), *stats])
+    return _render(header, body, fmt) + ("" if fmt == "csv" else "\n")
+
+
+def plot_roc(
+    curves: Mapping[str, tuple], path, title: str = "ROC", *, positive_class: str = ""
+) -> Path:
+    """ROC curves of several models in one PNG, with each AUC in the legend.
+
+    Args:
+      curves: legend name -> (y_true [N] bools or 0/1 with 1 positive, scores [N]).
+      path: PNG file to write (folders are created).
+      title: figure title.
+      positive_class: named on the axes ("sensitivity (recurrence)") when given.
+
+    Returns:
+      The path written. A curve whose data hold one class only is listed as "AUC undefined".
+    """
+    from matplotlib.figure import Figure  # the Agg canvas, without pyplot's global state
+    from sklearn import metrics as skm
+
+    fig = Figure(figsize=(5.5, 5), dpi=150)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
+    for name, (y_true, scores) in curves.items():
+        y = np.asarray(y_true).astype(bool)
+        if y.all() or not y.any():
+            ax.plot([], [], label=f"{name} (AUC undefined: one class only)")
+            continue
+        fpr, tpr, _ = skm.roc_curve(y, np.asarray(scores, float))
+        auc = skm.roc_auc_score(y, np.asarray(scores, float))
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {auc:.3f})")
+    suffix = f" ({positive_class})" if positive_class else ""
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title, aspect="equal")
+    ax.set(xlabel=f"1 - specificity{suffix}", ylabel=f"Sensitivity{suffix}")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
