@@ -113,10 +113,9 @@ def build(data, cohort_dir, records_dir) -> Records:
             config=builder_lib.ErnjaxMriConfig(name=name, data=settings), data_dir=str(staging)
         )
         builder.download_and_prepare(
+            download_dir=str(staging / "downloads"),
             file_format="array_record",
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False, download_dir=str(staging / "downloads")
-            ),
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
         built = Path(builder.data_dir)
         _write_index(built, builder.info)
