@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "etils==1.15.0",
     "matplotlib==3.11.2",
     "pandas==3.1.1",
+    "pydicom==3.0.2",
 ]
 
 EXTRAS_REQUIRE = {

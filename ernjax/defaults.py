@@ -31,6 +31,31 @@ def base_config() -> ml_collections.ConfigDict:
     d.shape = (96, 96)  # output shape: (H, W) for slices2d, (D, H, W) for volumes3d
     d.normalize = "minmax"  # "minmax" to [0, 1] or "zscore", inside the non-zero (brain) region
     d.on_error = "raise"  # "raise" or "skip" (skips are logged and recorded in the metadata)
+    # Raw scans -> preprocessed cohort (ernjax.preprocess; `python -m ernjax.preprocess`).
+    d.preprocess = ml_collections.ConfigDict(
+        dict(
+            # Subset of ("reorient", "n4", "coregister", "mni", "skullstrip", "normalize", "crop"),
+            # run in that order; () = the cohort is used as it is.
+            steps=(),
+            # Co-registration reference: the first modality present (Gao 2020: T1; Ying 2025:
+            # ("t1c", "t1", "t2", "flair")).
+            reference_priority=("t1", "t1c", "t2", "flair"),
+            n4_shrink=4,  # N4 fits on the image shrunk by this factor (seconds, not minutes)
+            n4_iterations=(50, 50, 30),  # N4 iterations per fitting level
+            registration_iterations=100,  # optimizer iterations per resolution level (4, 2, 1)
+            registration_sampling=0.05,  # fraction of voxels sampled by the MI metric
+            min_mutual_information=0.05,  # nats; below it the images do not overlap (failure)
+            template_resolution=2,  # mm, nilearn's MNI152 2009 template: 1 or 2
+            template_mask_threshold=0.2,  # template intensity (0-1) counted as brain (nilearn's)
+            skullstrip="atlas",  # "atlas" (template mask carried back) or a learned method's name
+            skullstrip_weights="",  # weights of a learned skull-stripping method
+            normalize="minmax",  # "minmax" (robust, to [0, 1]) or "zscore", inside the brain
+            crop_margin=4,  # voxels kept around the brain by the "crop" step
+            dicom_map="",  # CSV series_description,modality (or JSON) overriding the guesses
+            dicom_min_slices=32,  # series with fewer slices are reported (Ying 2025 excluded them)
+            qc=True,  # per-subject QC PNGs and an index, outliers first
+        )
+    )
     d.split = ml_collections.ConfigDict(dict(test=0.2, validation=0.2, folds=5, seed=0))
     d.fold = -1  # -1: train/validation as built; k >= 0: fold k of train+validation validates
     d.augment = ml_collections.ConfigDict(
