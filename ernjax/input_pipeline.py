@@ -134,6 +134,11 @@ class _Source(grain.RandomAccessDataSource):
             "valid": np.bool_(True),
         }
 
+    def __repr__(self) -> str:
+        # Grain stores repr(source) in the iterator state and checks it on restore: keep it
+        # stable across processes (no object address).
+        return f"ErnjaxRecords({self._dir!r}, n={len(self._parts)})"
+
     def __getstate__(self):
         return {"_dir": self._dir, "_parts": self._parts, "_open": None}
 

@@ -21,6 +21,7 @@ def setup(tmp_path_factory):
     cfg.data.mask_pattern = "*_mask.nii.gz"
     cfg.data.shape = (8, 8, 8)
     cfg.data.split.folds = 2
+    cfg.data.split.test = 0.2
     cfg.data.build_workers = 1
     return cfg, ip.prepare(cfg, work), work
 

@@ -24,7 +24,8 @@ def small_data(kind="volumes3d", **overrides) -> ml_collections.ConfigDict:
     d.shape = (8, 16, 16) if kind == "volumes3d" else (16, 16)
     d.split.folds = 2
     d.build_workers = 1
-    d.update(overrides)
+    for key, value in overrides.items():  # assignment, not update: dicts are replaced whole
+        setattr(d, key, value)
     return d
 
 

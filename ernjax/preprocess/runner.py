@@ -248,11 +248,7 @@ def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_requ
 
 def _skipped(found) -> dict:
     """Maps subject -> reason for the subjects the cohort reader could not use."""
-    out = {}
-    for item in found.skipped:
-        subject = getattr(item, "subject", None) or (item[0] if isinstance(item, tuple) else "?")
-        out[str(subject)] = str(item[1] if isinstance(item, tuple) and len(item) > 1 else item)
-    return out
+    return {x["subject_id"]: f"{x['path']}: {x['problem']}" for x in found.skipped}
 
 
 def preprocess_cohort(

@@ -1,0 +1,243 @@
+"""Find a cohort's subjects: labels.csv + one glob pattern per modality -> validated Subjects.
+
+A cohort is a folder holding `labels.csv` (columns `subject_id,label`; any other column is kept as
+metadata) and one folder per subject. Each modality is found by a glob relative to the subject
+folder (`**` recurses); exactly one file must match. Hidden files (names starting with ".", such
+as the `._name.nii.gz` files macOS leaves on shared drives) never match, and folders whose names
+start with "." or "_" are not subjects.
+"""
+
+import csv
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ernjax.errors import InputError
+
+MISSING_LABELS = ("", "NA", "N/A", "NaN", "nan")  # label values that mean "no label"
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """One subject's files and label.
+
+    Attributes:
+      subject_id: the folder name (and labels.csv `subject_id`).
+      label: index into the configured classes; None for an unlabeled subject.
+      label_name: the labels.csv value ("" when unlabeled).
+      files: modality name -> file.
+      mask: the lesion mask file, or None.
+      slices: lesion slice indices (stored third-axis index of the reference file), or None.
+      metadata: the other labels.csv columns.
+    """
+
+    subject_id: str
+    label: int | None
+    label_name: str
+    files: dict[str, Path]
+    mask: Path | None = None
+    slices: tuple[int, ...] | None = None
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Cohort:
+    """The usable subjects, sorted by ID, and what was skipped (under on_error="skip").
+
+    Attributes:
+      subjects: the valid subjects, sorted by subject_id.
+      skipped: one {"subject_id", "path", "problem"} dict per skipped subject or folder.
+    """
+
+    subjects: list[Subject]
+    skipped: list[dict]
+
+
+def match_one(folder: Path, pattern: str, subject: str, what: str) -> Path:
+    """Returns the single file under `folder` matching `pattern` (recursive globs allowed).
+
+    Args:
+      folder: the subject folder.
+      pattern: a glob relative to `folder`.
+      subject: the subject ID, for the error message.
+      what: what the file is ("t1", "lesion mask"), for the error message.
+
+    Returns:
+      The matching file.
+
+    Raises:
+      InputError: no file or several files match.
+    """
+    found = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    if not found:
+        raise InputError(subject, folder, f"no {what} file matches {pattern!r}")
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(folder)) for p in found)
+        raise InputError(
+            subject,
+            folder,
+            f"{len(found)} files match the {what} pattern {pattern!r} ({names}); "
+            "make the pattern specific",
+        )
+    return found[0]
+
+
+def parse_slices(text: str, subject: str, path) -> tuple[int, ...] | None:
+    """Parses "12;13;14" (semicolons, commas or spaces) into sorted slice indices.
+
+    Args:
+      text: the labels.csv cell.
+      subject: the subject ID, for the error message.
+      path: labels.csv, for the error message.
+
+    Returns:
+      The sorted unique indices, or None for an empty cell.
+
+    Raises:
+      InputError: anything but non-negative integers.
+    """
+    parts = [t for t in re.split(r"[;,\s]+", text.strip()) if t]
+    if not parts:
+        return None
+    if not all(t.isdigit() for t in parts):
+        raise InputError(
+            subject, path, f"lesion slice list {text!r} is not like '12;13;14' (slice numbers)"
+        )
+    return tuple(sorted({int(t) for t in parts}))
+
+
+def read_labels(path: Path) -> list[dict[str, str]]:
+    """Reads labels.csv into rows of stripped strings (a UTF-8 BOM from Excel is fine).
+
+    Raises:
+      InputError: no subject_id/label columns, or a row without a subject_id.
+    """
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        cols = [c.strip() for c in reader.fieldnames or []]
+        if not {"subject_id", "label"} <= set(cols):
+            raise InputError("", path, f"needs the columns subject_id,label (found {cols})")
+        for r in reader:
+            if None in r:  # more cells than header columns, e.g. an unquoted "12,13" slice list
+                raise InputError(
+                    (r.get("subject_id") or "").strip(),
+                    path,
+                    f"line {reader.line_num} has more cells than columns (quote lists with commas)",
+                )
+            rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
+            if not rows[-1]["subject_id"]:
+                raise InputError("", path, f"line {reader.line_num} has no subject_id")
+    return rows
+
+
+def find_subjects(
+    cohort_dir,
+    modalities: Mapping[str, str],
+    *,
+    mask_pattern: str = "",
+    slices_column: str = "",
+    classes: Sequence[str] | None = None,
+    on_error: str = "raise",
+    labels_required: bool = True,
+) -> Cohort:
+    """Finds and validates every subject of a cohort folder.
+
+    Args:
+      cohort_dir: folder with labels.csv and one folder per subject.
+      modalities: modality name -> glob relative to the subject folder (exactly one match).
+      mask_pattern: glob of the lesion mask ("" for none).
+      slices_column: labels.csv column with lesion slice indices ("" for none).
+      classes: allowed label values, in class-index order (None: the values found, sorted).
+      on_error: "raise", or "skip" to log and record bad subjects in `Cohort.skipped`.
+      labels_required: True: every subject needs a label in `classes` and labels.csv must exist.
+        False: without labels.csv every folder is an unlabeled subject, and an empty or NA
+        label gives an unlabeled subject (for preprocessing and prediction).
+
+    Returns:
+      The cohort, subjects sorted by ID.
+
+    Raises:
+      InputError: bad input (under on_error="raise"), or no cohort folder / no labels.csv.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    checked = {**modalities, **({"lesion mask": mask_pattern} if mask_pattern else {})}
+    for name, pattern in checked.items():
+        if not pattern or Path(pattern).is_absolute():
+            raise ValueError(f"pattern of {name!r} must be a glob relative to the subject folder")
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise InputError("", cohort_dir, "cohort folder not found")
+    folders = {p.name: p for p in cohort_dir.iterdir() if p.is_dir() and p.name[0] not in "._"}
+    labels_csv = cohort_dir / "labels.csv"
+    if labels_csv.exists():
+        rows = read_labels(labels_csv)
+    elif labels_required:
+        raise InputError("", labels_csv, "labels.csv not found (columns subject_id,label)")
+    else:
+        rows = [{"subject_id": name, "label": ""} for name in folders]
+    if slices_column and rows and slices_column not in rows[0]:
+        raise InputError("", labels_csv, f"no column {slices_column!r} (lesion slice lists)")
+    if classes:
+        names = [str(c) for c in classes]
+    else:
+        names = sorted({r["label"] for r in rows} - set(MISSING_LABELS))
+    patterns = (modalities, mask_pattern, slices_column)
+    subjects, skipped = [], []
+
+    def fail(err: InputError):
+        if on_error == "raise":
+            raise err
+        logging.warning("skipping %s", err)
+        skipped.append({"subject_id": err.subject, "path": err.path, "problem": err.problem})
+
+    by_id = {}
+    for row in rows:
+        by_id.setdefault(row["subject_id"], []).append(row)
+    for sid in sorted(set(by_id) | set(folders)):
+        try:
+            subjects.append(
+                _subject(
+                    sid, by_id.get(sid, []), folders, labels_csv, patterns, names, labels_required
+                )
+            )
+        except InputError as err:
+            fail(err)
+    return Cohort(subjects, skipped)
+
+
+def _label(row, names, labels_csv, labels_required) -> tuple[int | None, str]:
+    """(class index, label name) of a row; (None, "") for an allowed missing label."""
+    sid, value = row["subject_id"], row["label"]
+    if value in MISSING_LABELS:
+        if not labels_required:
+            return None, ""
+        shown = repr(value) if value else "empty"
+        raise InputError(sid, labels_csv, f"label is missing ({shown}); expected one of {names}")
+    if value not in names:
+        raise InputError(sid, labels_csv, f"label {value!r} is not one of the classes {names}")
+    return names.index(value), value
+
+
+def _subject(sid, own, folders, labels_csv, patterns, names, labels_required) -> Subject:
+    """Validates one subject's labels.csv row and folder into a Subject."""
+    modalities, mask_pattern, slices_column = patterns
+    if len(own) > 1:
+        raise InputError(sid, labels_csv, f"subject listed {len(own)} times in labels.csv")
+    if not own:
+        raise InputError(sid, folders[sid], "subject folder has no row in labels.csv")
+    if sid not in folders:
+        raise InputError(
+            sid, labels_csv.parent / sid, "listed in labels.csv but the subject folder is missing"
+        )
+    row = own[0]
+    label, label_name = _label(row, names, labels_csv, labels_required)
+    folder = folders[sid]
+    files = {m: match_one(folder, pat, sid, m) for m, pat in modalities.items()}
+    mask = match_one(folder, mask_pattern, sid, "lesion mask") if mask_pattern else None
+    slices = parse_slices(row[slices_column], sid, labels_csv) if slices_column else None
+    meta = {k: v for k, v in row.items() if k not in ("subject_id", "label", slices_column)}
+    return Subject(sid, label, label_name, files, mask, slices, meta)

@@ -1,0 +1,263 @@
+"""One subject -> the arrays stored in the records: aligned, cropped, normalized, resized.
+
+Geometry before sampling (issue "data"), in this order:
+1. load every needed modality (`data.channels` and `data.reference`) and reorient it to RAS+
+   from its affine, so scans stored LPS and RAS hold the same anatomy on the same axes;
+2. the sampling grid is the reference modality's grid, or, with `data.spacing` (x, y, z mm),
+   that field of view at that spacing. For slices2d only the in-plane x, y spacing is applied:
+   the slices stay the acquired axial slices (and a labels.csv slice list keeps pointing at
+   them), as Gao 2020 classified the acquired slices;
+3. every modality whose grid differs is interpolated once (linear), straight from its own grid
+   onto the sampling grid, after checking that it covers at least half of it; the lesion mask
+   with nearest neighbour;
+4. crop to the bounding box of the reference's non-zero region (the brain in a skull-stripped
+   scan) plus `MARGIN` voxels; slices2d keeps every axial slice;
+5. normalize each channel inside that region (`data.normalize`: min-max to [0, 1] as Ying 2025,
+   or z-score);
+6. lay out as (D, H, W): D = z (inferior -> superior), H = y flipped (anterior at the top),
+   W = x flipped (patient right on the left), so `image[d]` displays as radiologists read an
+   axial slice;
+7. resize with `geometry.fit_to_shape` (pad to the aspect ratio, then zoom) to `data.shape`:
+   (H, W) for slices2d, keeping every slice; (D, H, W) for volumes3d.
+The 4x4 `affine` maps the final (d, h, w) index to RAS+ millimetres exactly, so Grad-CAM maps can
+be written back as NIfTI over the original scan. Lesion slices come from the labels.csv slice
+list (stored slice numbers of the reference file, mapped through reorientation and cropping),
+else from the slices the lesion mask touches, else from the slices holding brain.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from ernjax.errors import InputError
+from ernjax.preprocess import geometry as geo
+
+MIN_COVERAGE = 0.5  # fraction of the reference grid every other modality must cover
+MARGIN = 2  # voxels kept around the brain's bounding box
+SAME_GRID_MM = 1e-3  # affines closer than this (float noise in headers) count as one grid
+MIN_BRAIN_AREA = 0.1  # without slice list or mask: slices with >= 10% of the largest brain area
+
+
+@dataclasses.dataclass
+class SubjectVolume:
+    """A subject on its sampling grid.
+
+    Attributes:
+      image: float32 (D, H, W, C), channels in `data.channels` order, normalized.
+      mask: bool (D, H, W) lesion mask, or None without a mask.
+      brain: bool (D, H, W), voxels that hold anatomy (non-zero in the reference).
+      affine: 4x4, (d, h, w) index -> world mm (RAS+), for writing maps back as NIfTI.
+      lesion_slices: D indices of the lesion slices (slice list > mask > slices with brain).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    brain: np.ndarray
+    affine: np.ndarray
+    lesion_slices: tuple[int, ...]
+
+
+def _grid(ref: geo.Image, data) -> tuple[tuple[int, ...], np.ndarray]:
+    """The subject's sampling grid: the reference grid, or it resampled to `data.spacing`."""
+    if not len(data.spacing):
+        return ref.data.shape, ref.affine
+    sp = [float(s) for s in data.spacing]
+    if data.kind == "slices2d":
+        sp[2] = 0.0  # keep the acquired axial slices (and the slice list) as they are
+    return geo.spacing_grid(ref, sp)
+
+
+def _onto_grid(subject, data) -> tuple[dict[str, geo.Image], geo.Image | None, tuple | None]:
+    """Loads the modalities and the mask onto the sampling grid; maps the slice list.
+
+    Each image is interpolated once, straight from its own grid onto the sampling grid.
+
+    Returns:
+      (modality -> image, mask or None, slice list as canonical z indices or None).
+    """
+    sid = subject.subject_id
+    names = list(dict.fromkeys([data.reference, *data.channels]))
+    missing = [m for m in names if m not in subject.files]
+    if missing:
+        raise ValueError(f"channels/reference {missing} are not in data.modalities")
+    raw = {m: geo.load_image(subject.files[m], sid) for m in names}
+    ref_file, slices = subject.files[data.reference], None
+    if subject.slices:
+        ref = raw[data.reference]
+        slices = tuple(
+            geo.canonical_slice_index(k, ref.affine, ref.data.shape, sid, ref_file)
+            for k in subject.slices
+        )
+    imgs = {m: geo.reorient_canonical(im) for m, im in raw.items()}
+    shape, affine = _grid(imgs[data.reference], data)
+    if slices:  # reference z index -> sampling-grid z index (differs with a 3D spacing)
+        to_grid = np.linalg.inv(affine) @ imgs[data.reference].affine
+        z = np.rint(to_grid[2, 2] * np.array(slices) + to_grid[2, 3]).astype(int)
+        slices = tuple(int(k) for k in np.unique(np.clip(z, 0, shape[2] - 1)))
+    for m, im in imgs.items():
+        if im.data.shape == tuple(shape) and np.allclose(im.affine, affine, atol=SAME_GRID_MM):
+            imgs[m] = geo.Image(im.data, affine)  # one grid up to float noise in the headers
+            continue
+        cov = 1.0 if m == data.reference else geo.coverage(im, shape, affine)
+        if cov < MIN_COVERAGE:
+            raise InputError(
+                sid,
+                subject.files[m],
+                f"fields of view cannot be aligned: this {m} image covers {cov:.0%} of the "
+                f"{data.reference} image ({ref_file.name}); at least {MIN_COVERAGE:.0%} needed",
+            )
+        imgs[m] = geo.resample(im, shape, affine, order=1)
+    mask = None
+    if subject.mask is not None:
+        m = geo.reorient_canonical(geo.load_image(subject.mask, sid, allow_empty=True))
+        mask = geo.resample(m, shape, affine, order=0)
+    return imgs, mask, slices
+
+
+def _to_dhw(a: np.ndarray) -> np.ndarray:
+    """(x, y, z, ...) RAS+ -> (d, h, w, ...) = (z, flipped y, flipped x): radiological slices."""
+    return np.ascontiguousarray(a.transpose(2, 1, 0, *range(3, a.ndim))[:, ::-1, ::-1])
+
+
+def _dhw_index(lo, n) -> np.ndarray:
+    """4x4 (d, h, w, 1) -> (x, y, z, 1) on the grid before cropping `_to_dhw(a[box])`."""
+    index = np.zeros((4, 4))
+    index[0, 2], index[0, 3] = -1, lo[0] + n[0] - 1  # x = x0 + nx - 1 - w
+    index[1, 1], index[1, 3] = -1, lo[1] + n[1] - 1  # y = y0 + ny - 1 - h
+    index[2, 0], index[2, 3] = 1, lo[2]  # z = z0 + d
+    index[3, 3] = 1
+    return index
+
+
+def load_subject(subject, data) -> SubjectVolume:
+    """Loads one subject onto its sampling grid (the steps are in the module docstring).
+
+    Args:
+      subject: a `cohort.Subject`.
+      data: `config.data` (reads kind, channels, reference, spacing, shape, normalize).
+
+    Returns:
+      The SubjectVolume.
+
+    Raises:
+      InputError: unreadable or invalid images, fields of view that cannot be aligned, an empty
+        lesion mask where the mask is the source of the lesion slices.
+      ValueError: a configuration that does not fit (unknown channel, wrong shape length).
+    """
+    imgs, mask, slices = _onto_grid(subject, data)
+    ref = imgs[data.reference]
+    box = geo.bounding_box(ref.data != 0, margin=MARGIN)
+    if data.kind == "slices2d":
+        box = (box[0], box[1], slice(0, ref.data.shape[2]))
+    lo = [b.start for b in box]
+    brain = ref.data[box] != 0
+    chans = [geo.normalize(imgs[m].data[box], brain, data.normalize) for m in data.channels]
+    image, brain = _to_dhw(np.stack(chans, -1)), _to_dhw(brain)
+    lesion = None if mask is None else _to_dhw(mask.data[box] > 0.5)
+    found = _lesion_slices(subject, slices, lesion, brain, lo[2])
+    affine = ref.affine @ _dhw_index(lo, brain.shape[::-1])
+    return _resize(image, brain, lesion, affine, found, data)
+
+
+def _lesion_slices(subject, slices, lesion, brain, z0) -> np.ndarray:
+    """D indices before resizing: slice list > slices the mask touches > slices with brain."""
+    depth = brain.shape[0]
+    if slices is not None:
+        return np.array([k - z0 for k in slices if 0 <= k - z0 < depth], int)
+    if lesion is not None:
+        ks = np.nonzero(lesion.any(axis=(1, 2)))[0]
+        if not ks.size:
+            raise InputError(
+                subject.subject_id,
+                subject.mask,
+                "the lesion mask is empty (no lesion voxel inside the image), and it is the only "
+                "source of lesion slices; fix the mask or give a slice list",
+            )
+        return ks
+    area = brain.sum(axis=(1, 2))
+    return np.nonzero(area >= MIN_BRAIN_AREA * area.max())[0]
+
+
+def _fit(a: np.ndarray, shape, axes, order: int) -> np.ndarray:
+    """Resizes `axes` of `a` to `shape` with geometry.fit_to_shape (pad to aspect, zoom)."""
+    lead = np.moveaxis(a.astype(np.float32, copy=False), axes, range(len(axes)))
+    rest = lead.shape[len(axes) :]
+    flat = lead.reshape(*lead.shape[: len(axes)], -1)
+    # one 2D/3D zoom per slice/channel: a zoom over the kept axes too interpolates between
+    # 2**ndim neighbours for nothing (2-4x slower on a 4-channel 1 mm BraTS volume)
+    out = np.stack(
+        [geo.fit_to_shape(flat[..., k], shape, order=order) for k in range(flat.shape[-1])], -1
+    )
+    return np.moveaxis(out.reshape(*shape, *rest), range(len(axes)), axes)
+
+
+def _fit_index(sizes, shape, axes) -> np.ndarray:
+    """4x4 (output index) -> (input index) of `_fit`: the arithmetic of fit_to_shape."""
+    s, t = np.asarray(sizes, float), np.asarray(shape, float)
+    padded = np.array([np.ceil(max(s / t) * ti) for ti in t])
+    scale = padded / t
+    offset = 0.5 * scale - 0.5 - (padded - s) // 2  # ndimage.zoom with grid_mode=True
+    m = np.eye(4)
+    for ax, sc, off in zip(axes, scale, offset, strict=True):
+        m[ax, ax], m[ax, 3] = sc, off
+    return m
+
+
+def _resize(image, brain, lesion, affine, found, data) -> SubjectVolume:
+    """Resizes (D, H, W, ...) to data.shape, (H, W) in-plane for slices2d, else (D, H, W)."""
+    shape = tuple(int(x) for x in data.shape)
+    axes = (1, 2) if data.kind == "slices2d" else (0, 1, 2)
+    if len(shape) != len(axes):
+        raise ValueError(f"data.shape {shape} does not fit kind {data.kind!r}")
+    index = _fit_index([brain.shape[a] for a in axes], shape, axes)
+    image = _fit(image, shape, axes, order=1)
+    brain = _fit(brain, shape, axes, order=0) > 0.5
+    lesion = None if lesion is None else _fit(lesion, shape, axes, order=0) > 0.5
+    # input slice k sits at output (k - offset) / scale along D (identity for slices2d)
+    d = np.rint((np.asarray(found, float) - index[0, 3]) / index[0, 0]).astype(int)
+    d = np.unique(np.clip(d, 0, image.shape[0] - 1)) if d.size else d
+    return SubjectVolume(image, lesion, brain, affine @ index, tuple(int(k) for k in d))
+
+
+def _label(subject) -> int:
+    """The class index, -1 for an unlabeled subject (prediction only; records need labels)."""
+    return -1 if subject.label is None else int(subject.label)
+
+
+def slice_examples(subject, data) -> list[dict]:
+    """The slices2d examples of one subject, one per lesion slice.
+
+    Args:
+      subject: a `cohort.Subject`.
+      data: `config.data` with kind "slices2d".
+
+    Returns:
+      Dicts {"image": float16 (H, W, C), "label": int, "subject_id": str, "slice": int}, where
+      "slice" is the D index: the slice number along the canonical inferior->superior axis of
+      the reference scan (slices2d neither crops nor resamples that axis).
+    """
+    vol = load_subject(subject, data)
+    image = vol.image.astype(np.float16)
+    return [
+        {"image": image[k], "label": _label(subject), "subject_id": subject.subject_id, "slice": k}
+        for k in vol.lesion_slices
+    ]
+
+
+def volume_example(subject, data) -> dict:
+    """The volumes3d example of one subject.
+
+    Args:
+      subject: a `cohort.Subject`.
+      data: `config.data` with kind "volumes3d".
+
+    Returns:
+      {"image": float16 (D, H, W, C), "label": int, "subject_id": str, "affine": float32 4x4}.
+    """
+    vol = load_subject(subject, data)
+    return {
+        "image": vol.image.astype(np.float16),
+        "label": _label(subject),
+        "subject_id": subject.subject_id,
+        "affine": vol.affine.astype(np.float32),
+    }

@@ -1,0 +1,99 @@
+"""Patient-level splits: stratified by label, grouped by subject, seeded; plus k folds.
+
+Rules (the subject is the unit, so no subject is ever in two splits):
+- Within each class the subjects are sorted by ID and shuffled with `seed`, so the result depends
+  only on the (subject, label) pairs and the seed, not on the input order.
+- Test: round(test * n) subjects of a class of n, at least 1 when n >= 2 (every class that can
+  spare one is tested; Gao 2020 split 80:20 by patient), never all of a class.
+- Validation: round(validation * m) of the m remaining, at least 1 when m >= 2.
+- A class of 1 subject goes to train. Rounding is half-up per class; with tiny classes (BraTS
+  2018: 4 LGG of 21) the fractions are only approximate, by design.
+- Folds: the non-test subjects of each class are dealt round-robin into `folds` folds, continuing
+  from class to class, so folds are stratified and differ in size by at most one.
+  `select_fold(k)` then validates on fold k and trains on the other folds; the test set never
+  moves.
+"""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _count(fraction: float, n: int, minimum: int) -> int:
+    """round(fraction * n) half up, at least `minimum`, at most n - 1 (0 when fraction is 0)."""
+    if fraction <= 0 or n == 0:
+        return 0
+    return int(min(n - 1, max(minimum, math.floor(fraction * n + 0.5))))
+
+
+def assign_splits(
+    subject_ids: Sequence[str],
+    labels: Sequence[int],
+    *,
+    test: float,
+    validation: float,
+    folds: int,
+    seed: int,
+) -> dict[str, dict]:
+    """Assigns every subject to train/validation/test and to a cross-validation fold.
+
+    Args:
+      subject_ids: unique subject IDs.
+      labels: the class of each subject (None for unlabeled subjects: one more stratum).
+      test: fraction of each class held out for testing.
+      validation: fraction of each class's remaining subjects used for validation.
+      folds: number of cross-validation folds over the non-test subjects (>= 1).
+      seed: the shuffling seed.
+
+    Returns:
+      subject_id -> {"split": "train" | "validation" | "test", "fold": k in 0..folds-1, -1
+      for test subjects}.
+
+    Raises:
+      ValueError: duplicate subject IDs, lengths that differ, or fractions out of range.
+    """
+    if len(subject_ids) != len(labels):
+        raise ValueError(f"{len(subject_ids)} subject IDs but {len(labels)} labels")
+    if len(set(subject_ids)) != len(subject_ids):
+        raise ValueError("subject IDs must be unique: a subject is the unit of the split")
+    if not (0 <= test < 1 and 0 <= validation < 1 and folds >= 1):
+        raise ValueError(f"need 0 <= test, validation < 1 and folds >= 1: {test}, {validation}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    dealt = 0  # the round-robin continues across classes so folds stay balanced in size
+    for label in sorted(set(labels), key=lambda x: (x is None, x)):
+        ids = sorted(s for s, lab in zip(subject_ids, labels, strict=True) if lab == label)
+        ids = [ids[i] for i in rng.permutation(len(ids))]
+        n = len(ids)
+        n_test = _count(test, n, minimum=1 if n >= 2 else 0)
+        n_val = _count(validation, n - n_test, minimum=1 if n - n_test >= 2 else 0)
+        for i, sid in enumerate(ids):
+            if i < n_test:
+                out[sid] = {"split": "test", "fold": -1}
+            else:
+                split = "validation" if i < n_test + n_val else "train"
+                out[sid] = {"split": split, "fold": (dealt + i - n_test) % folds}
+        dealt += n - n_test
+    return out
+
+
+def select_fold(assignment: dict[str, dict], fold: int) -> dict[str, str]:
+    """Maps each subject to its split for one cross-validation fold.
+
+    Args:
+      assignment: the output of `assign_splits`.
+      fold: k >= 0 validates on fold k and trains on every other non-test subject; -1 keeps
+        the splits as assigned. Test subjects stay in test either way.
+
+    Returns:
+      subject_id -> "train" | "validation" | "test".
+    """
+    if fold < 0:
+        return {s: a["split"] for s, a in assignment.items()}
+    if fold not in {a["fold"] for a in assignment.values()}:
+        raise ValueError(f"fold {fold} has no subject (folds are 0..max assigned)")
+    return {
+        s: "test" if a["split"] == "test" else "validation" if a["fold"] == fold else "train"
+        for s, a in assignment.items()
+    }

@@ -1,0 +1,165 @@
+"""The model registry and the contract every model keeps (shapes, dtypes, modes, features)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ernjax.models import count_params, create_model, model_names
+
+
+# Compiled once per model and shape: eager dispatch would compile every op on its own (slower).
+@nnx.jit
+def forward(model, x):
+    return model(x)
+
+
+@nnx.jit
+def contract(model, x):
+    """Logits, the feature map, classify(features) and d logit_1 / d features."""
+    feats = model.features(x)
+    grads = jax.grad(lambda f: model.classify(f)[:, 1].sum())(feats)
+    return model(x), feats, model.classify(feats), grads
+
+
+def build(name, spatial_dims=2, in_channels=3, num_classes=2, **kw):
+    return create_model(
+        name,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        spatial_dims=spatial_dims,
+        rngs=nnx.Rngs(params=0, dropout=1),
+        **kw,
+    )
+
+
+def rand(*shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def test_registry_names_and_unknown_name_lists_them():
+    names = model_names()
+    for expected in ("ern_b0", "ern_b1", "ern_tiny", "resnet10", "resnet50", "resnet10_tiny"):
+        assert expected in names
+    with pytest.raises(
+        ValueError, match=r"unknown model 'vgg99'; known models: .*ern_b0.*resnet10"
+    ):
+        build("vgg99")
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        build("ern_tiny", spatial_dims=1)
+    with pytest.raises(TypeError):  # a misspelt option is not silently ignored
+        build("resnet10_tiny", shortcut="A")
+
+
+@pytest.mark.parametrize(
+    "name, spatial, features_shape",
+    [
+        ("ern_tiny", (32, 32), (1, 1, 320)),  # /32, head 1280 * 0.25
+        ("ern_tiny", (32, 32, 32), (1, 1, 1, 320)),  # ERN-Net in 3D, as MONAI allows
+        ("resnet10_tiny", (16, 16, 16), (1, 1, 1, 64)),  # max pool and 3 strides: /16
+        ("resnet10_tiny", (32, 32), (2, 2, 64)),
+    ],
+)
+def test_forward_shapes_and_features_classify_contract(name, spatial, features_shape):
+    model = build(name, spatial_dims=len(spatial), in_channels=2, num_classes=3)
+    model.eval()
+    x = rand(2, *spatial, 2)
+    logits, feats, again, grads = contract(model, x)
+    assert logits.shape == (2, 3) and logits.dtype == jnp.float32
+    assert feats.shape == (2, *features_shape)
+    np.testing.assert_allclose(again, logits, rtol=1e-5, atol=1e-5)
+    # Grad-CAM's need: logits differentiable with respect to the feature map.
+    assert grads.shape == feats.shape and bool(jnp.any(grads != 0))
+
+
+def test_wrong_input_layout_is_a_clear_error():
+    model = build("resnet10_tiny", spatial_dims=3, in_channels=4)
+    with pytest.raises(ValueError, match=r"channels-last input \[B, S, S, S, 4\].*got shape"):
+        model(rand(1, 4, 16, 16, 16))  # channels-first by mistake
+
+
+@pytest.mark.parametrize("name, spatial", [("ern_tiny", (32, 32)), ("resnet10_tiny", (16,) * 3)])
+def test_bfloat16_compute_keeps_float32_params_and_logits(name, spatial):
+    model = build(name, spatial_dims=len(spatial), dtype="bfloat16")
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert {p.dtype for p in params} == {jnp.dtype(jnp.float32)}
+    model.eval()
+    x = rand(2, *spatial, 3)
+    logits, feats, _, _ = contract(model, x)
+    assert feats.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    # Same weights in float32 give nearly the same logits.
+    ref = build(name, spatial_dims=len(spatial))
+    ref.eval()
+    np.testing.assert_allclose(logits, forward(ref, x), rtol=0.1, atol=0.1)
+
+
+def test_train_mode_uses_batch_statistics_and_eval_mode_running_averages():
+    model = build("resnet10_tiny", spatial_dims=3, in_channels=2)
+    x = rand(4, 16, 16, 16, 2)
+    model.train()
+    full, part = forward(model, x), forward(model, x[:2])
+    # Batch statistics: a sample's output depends on the rest of the batch ...
+    assert not np.allclose(full[:2], part, atol=1e-4)
+    # ... and the running averages moved.
+    mean = np.asarray(model.bn1.mean[...])
+    assert np.abs(mean).max() > 0
+    model.eval()
+    full, part = forward(model, x), forward(model, x[:2])
+    np.testing.assert_allclose(full[:2], part, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.bn1.mean[...], mean)  # eval leaves them alone
+
+
+def test_dropout_and_stochastic_depth_only_in_train_mode():
+    model = build("ern_tiny", dropout=0.5)
+    x = rand(4, 32, 32, 3)
+    model.train()
+    a, b = forward(model, x), forward(model, x)
+    assert not np.allclose(a, b)  # fresh dropout masks from the `dropout` stream
+    model.eval()
+    np.testing.assert_array_equal(forward(model, x), forward(model, x))
+
+
+def test_same_seed_same_parameters_and_counts():
+    a, b = build("ern_tiny"), build("ern_tiny")
+    leaves_a, leaves_b = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (a, b))
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert count_params(a) == 124_254
+    assert count_params(build("resnet10_tiny", spatial_dims=3)) == 233_066
+
+
+def test_resnet_options_shortcut_a_passes_gradients():
+    # MedicalNet-style: type-A (parameter-free) shortcut, stride-2 stem, no max pool.
+    model = build("resnet10_tiny", shortcut_type="A", conv1_stride=2, no_max_pool=True)
+    assert model.layer2[0].downsample.conv is None
+    model.eval()
+    assert contract(model, rand(1, 32, 32, 3))[1].shape == (1, 2, 2, 64)
+    # Unlike MONAI's (which detaches it), the zero-padded identity carries gradients.
+    shortcut = model.layer2[0].downsample
+    g = jax.grad(lambda v: shortcut(v).sum())(rand(1, 8, 8, 8))
+    np.testing.assert_array_equal(g[:, ::2, ::2], 1.0)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 9, 9, 4), 3, 2, "SAME"),  # odd size, stride 2: TF "same" pads 1 + 1
+        ((2, 8, 8, 4), 5, 2, "SAME"),  # even size: pads 1 + 2
+        ((1, 6, 7, 5, 3), 3, 1, [(1, 1)] * 3),  # 3D, explicit padding
+    ],
+)
+def test_depthwise_fast_path_equals_lax(shape, kernel, stride, padding):
+    from ernjax.models.layers import _channels_last_numbers, depthwise_conv_general_dilated
+
+    nd, c = len(shape) - 2, shape[-1]
+    x, w = rand(*shape), rand(*(kernel,) * nd, 1, c, seed=1)
+    kw = dict(dimension_numbers=_channels_last_numbers(len(shape)), feature_group_count=c)
+    args = (x, w, (stride,) * nd, padding)
+    fast = jax.jit(lambda a, b: depthwise_conv_general_dilated(a, b, *args[2:], **kw))
+    ref = jax.jit(lambda a, b: jax.lax.conv_general_dilated(a, b, *args[2:], **kw))
+    np.testing.assert_allclose(fast(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    # Gradients too (the training path).
+    grads = [jax.jit(jax.grad(lambda a, b, f=f: f(a, b).sum(), (0, 1)))(x, w) for f in (fast, ref)]
+    for g_fast, g_ref in zip(*grads, strict=True):
+        np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)
