@@ -40,7 +40,7 @@ EXTRAS_REQUIRE = {
 setup(
     name="ernjax",
     version="0.1.0",
-    description="Glioma recurrence vs radiation necrosis from multimodal MRI: JAX/Flax research code",
+    description="Glioma recurrence vs radiation necrosis from multimodal MRI, in JAX/Flax",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["ernjax", "ernjax.*", "data_builders", "data_builders.*"]),
     package_data={"data_builders.ernjax_mri": ["README.md", "CITATIONS.bib", "dummy_data/**/*"]},

@@ -118,6 +118,8 @@ def test_bad_subjects_fail_alone_and_only_they_are_retried(cohort, tmp_path):
     flat = np.asarray(good.dataobj)[:, :, 0]
     nib.save(nib.Nifti1Image(flat, np.eye(4)), cohort / "s2" / "s2_t2.nii.gz")  # 2D image
     write_subject(cohort, "s3", shift=0.0)
+    with open(cohort / "labels.csv", "a") as f:
+        f.write("s3,necrosis\n")
     write_singular_affine(cohort / "s3" / "s3_t1.nii.gz")
     summary = run(cohort, out, settings("reorient", "coregister"), mask_pattern="")
     assert summary.done == ["s1"] and not summary.ok

@@ -248,7 +248,10 @@ def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_requ
 
 def _skipped(found) -> dict:
     """Maps subject -> reason for the subjects the cohort reader could not use."""
-    return {x["subject_id"]: f"{x['path']}: {x['problem']}" for x in found.skipped}
+    return {
+        x["subject_id"]: str(InputError(x["subject_id"], x["path"], x["problem"]))
+        for x in found.skipped
+    }
 
 
 def preprocess_cohort(
