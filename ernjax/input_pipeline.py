@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ernjax import records as records_lib
+from ernjax import splits
 
 SPLITS = ("train", "validation", "test")
 
@@ -95,21 +96,18 @@ def prepare(config, workdir) -> DataInfo:
 
 
 def select_parts(index: dict, fold: int) -> dict[str, tuple[tuple[str, int], ...]]:
-    """Maps each split to (stored split, record index) pairs, applying the fold selection."""
+    """Maps each split to (stored split, record index) pairs, applying the fold selection.
+
+    Raises:
+      ValueError: `fold` >= 0 names a fold that holds no subject.
+    """
     stored = index["splits"]
-    pairs = {s: [(s, i) for i in range(len(stored.get(s, {}).get("label", [])))] for s in SPLITS}
+    pairs = [(s, i) for s in SPLITS for i in range(len(stored.get(s, {}).get("label", [])))]
     if fold < 0:
-        return {s: tuple(p) for s, p in pairs.items()}
-    folds = {sid: a["fold"] for sid, a in index["assignment"].items()}
-    if fold not in set(folds.values()):
-        raise ValueError(f"fold {fold} does not exist (folds: {sorted(set(folds.values()))})")
-    pool = pairs["train"] + pairs["validation"]
+        return {s: tuple(p for p in pairs if p[0] == s) for s in SPLITS}
+    split_of = splits.select_fold(index["assignment"], fold)
     subject = lambda p: stored[p[0]]["subject_id"][p[1]]  # noqa: E731
-    return {
-        "train": tuple(p for p in pool if folds[subject(p)] != fold),
-        "validation": tuple(p for p in pool if folds[subject(p)] == fold),
-        "test": tuple(pairs["test"]),
-    }
+    return {s: tuple(p for p in pairs if split_of[subject(p)] == s) for s in SPLITS}
 
 
 class _Source(grain.RandomAccessDataSource):

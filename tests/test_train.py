@@ -81,44 +81,16 @@ class _Source(grain.RandomAccessDataSource):
         return _example(self.split, i)
 
 
-class _Poisoned:
-    """Wraps the train iterator: batch number `at` (1-based) gets NaN images."""
+class _Wrapped:
+    """Delegates iteration and checkpoint state to the wrapped train iterator."""
 
-    def __init__(self, it, at):
-        self.it, self.at, self.count, self.poisoned_ids = it, at, 0, None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = next(self.it)
-        self.count += 1
-        if self.count == self.at:
-            batch["image"] = np.full_like(batch["image"], np.nan)
-            self.poisoned_ids = sorted(set(batch["subject_id"].tolist()))
-        return batch
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-    def start_prefetch(self):
-        pass
-
-
-class _Slow:
-    """Wraps the train iterator with a delay per batch (so the kill lands mid-run)."""
-
-    def __init__(self, it, delay):
-        self.it, self.delay = it, delay
+    def __init__(self, it):
+        self.it = it
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        time.sleep(self.delay)
         return next(self.it)
 
     def get_state(self):
@@ -129,6 +101,34 @@ class _Slow:
 
     def start_prefetch(self):
         pass
+
+
+class _Poisoned(_Wrapped):
+    """Wraps the train iterator: batch number `at` (1-based) gets NaN images."""
+
+    def __init__(self, it, at):
+        super().__init__(it)
+        self.at, self.count, self.poisoned_ids = at, 0, None
+
+    def __next__(self):
+        batch = next(self.it)
+        self.count += 1
+        if self.count == self.at:
+            batch["image"] = np.full_like(batch["image"], np.nan)
+            self.poisoned_ids = sorted(set(batch["subject_id"].tolist()))
+        return batch
+
+
+class _Slow(_Wrapped):
+    """Wraps the train iterator with a delay per batch (so the kill lands mid-run)."""
+
+    def __init__(self, it, delay):
+        super().__init__(it)
+        self.delay = delay
+
+    def __next__(self):
+        time.sleep(self.delay)
+        return next(self.it)
 
 
 class FakePipeline:
