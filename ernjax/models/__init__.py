@@ -13,13 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ernjax.models import efficientnet, resnet
+from ernjax.models import densenet, efficientnet, inception, resnet, vgg
 
 # (constructor, its variant table); constructors take in_channels, num_classes, spatial_dims,
 # dropout, dtype and rngs as keywords, plus the variant's own keywords.
 _FAMILIES: tuple[tuple[Callable[..., nnx.Module], dict[str, dict]], ...] = (
     (efficientnet.ERNNet, efficientnet.VARIANTS),
     (resnet.ResNet, resnet.VARIANTS),
+    (vgg.VGG, vgg.VARIANTS),
+    (densenet.DenseNet, densenet.VARIANTS),
+    (inception.build, inception.VARIANTS),
 )
 _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], dict]] = {
     name: (cls, variant) for cls, variants in _FAMILIES for name, variant in variants.items()

@@ -45,10 +45,33 @@ RESNET_MONAI = (
     (r"(layer[1-4]\.\d+)\.downsample\.0", r"\1.downsample.conv"),
     (r"(layer[1-4]\.\d+)\.downsample\.1", r"\1.downsample.bn"),
 )
+# torchvision's VGG (and the reference in tests/test_models_zoo.py): `features.N` and
+# `classifier.N` Sequentials; ernjax's VGG keys its `trunk` and `head` by the same N.
+VGG_TORCH = (
+    (r"features\.(\d+)", r"trunk.\1"),
+    (r"classifier\.(\d+)", r"head.\1"),
+)
+_DENSE = r"features\.(denseblock\d+\.denselayer\d+)\."
+DENSENET_MONAI = (
+    (r"features\.(conv0|norm0|norm5)", r"\1"),
+    (_DENSE + r"layers\.(norm[12]|conv[12])", r"\1.\2"),
+    (r"features\.(transition\d+)\.(norm|conv)", r"\1.\2"),
+    (r"class_layers\.out", "fc"),
+)
+# torchvision's DenseNet: the same without MONAI's `layers.` level, head named `classifier`.
+DENSENET_TORCHVISION = (
+    (r"features\.(conv0|norm0|norm5)", r"\1"),
+    (_DENSE + r"(norm[12]|conv[12])", r"\1.\2"),
+    (r"features\.(transition\d+)\.(norm|conv)", r"\1.\2"),
+    (r"classifier", "fc"),
+)
 # (model family, source) -> table. The family is the model class's `family` attribute.
 LAYOUTS = {
     ("efficientnet", "monai"): EFFICIENTNET_MONAI,
     ("resnet", "monai"): RESNET_MONAI,
+    ("vgg", "torchvision"): VGG_TORCH,
+    ("densenet", "monai"): DENSENET_MONAI,
+    ("densenet", "torchvision"): DENSENET_TORCHVISION,
 }
 _TENSOR_NAMES = {
     "weight": ("kernel", "scale"),

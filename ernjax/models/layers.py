@@ -48,15 +48,11 @@ conv_init = host_init(
     nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
     lambda rng, shape: rng.normal(0.0, np.sqrt(2.0 / _fan_out(shape)), shape),
 )
-# Dense layers, uniform(+-1/sqrt(fan)): on fan_in it is torch.nn.Linear's default (MONAI's
-# ResNet head), on fan_out the official EfficientNet head.
+# Dense layers: uniform(+-1/sqrt(fan_in)), torch.nn.Linear's default (MONAI's ResNet head; every
+# head here, see efficientnet.py for why not EfficientNet's fan_out variant).
 dense_init_fan_in = host_init(
     nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
     lambda rng, shape: rng.uniform(-1.0, 1.0, shape) / np.sqrt(shape[0]),
-)
-dense_init_fan_out = host_init(
-    nnx.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform"),
-    lambda rng, shape: rng.uniform(-1.0, 1.0, shape) / np.sqrt(shape[-1]),
 )
 
 
