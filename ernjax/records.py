@@ -107,6 +107,7 @@ def build(data, cohort_dir, records_dir) -> Records:
         logging.info("records found: %s", final)
         return open_records(final)
     staging = Path(records_dir) / f".staging-{name}-{os.getpid()}"
+    tfds.disable_progress_bar()  # the build logs per subject; terminal bars only clutter logs
     shutil.rmtree(staging, ignore_errors=True)
     try:
         builder = builder_lib.Builder(

@@ -14,7 +14,6 @@ step count. With the data iterator position it is checkpointed, so a run killed 
 rerun ends with the same parameters as an uninterrupted one.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -31,7 +30,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ernjax import checkpoints, evaluate, input_pipeline, models
+from ernjax import checkpoints, evaluate, input_pipeline, models, predictions
+from ernjax.predictions import Predictions
 
 _DEVICE_KEYS = ("image", "label", "valid")  # batch fields that go to the devices
 
@@ -126,6 +126,7 @@ class Steps:
     train: Any
     evaluate: Any
     batch_sharding: NamedSharding
+    num_params: int = 0
 
 
 def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> Steps:
@@ -180,6 +181,7 @@ def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> S
             eval_step, in_shardings=(replicated, batch_sharding), out_shardings=replicated
         ),
         batch_sharding=batch_sharding,
+        num_params=models.count_params(model),
     )
 
 
@@ -216,6 +218,34 @@ def make_mesh() -> jax.sharding.Mesh:
     cross-device reductions (BatchNorm statistics, gradient sums) that pmap code writes by hand.
     """
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def build_training(config, image_shape, class_counts, steps_per_epoch: int):
+    """The model, optimizer and compiled steps for examples of `image_shape` (channels last).
+
+    Args:
+      config: the full config (model, train).
+      image_shape: one example's shape, e.g. (96, 96, 3) or (32, 32, 32, 3).
+      class_counts: training examples per class (for the default class weights).
+      steps_per_epoch: for the learning-rate schedule.
+
+    Returns:
+      (Steps with a fresh replicated state, the learning-rate schedule, the class weights).
+    """
+    model = models.create_model(
+        config.model.name,
+        in_channels=image_shape[-1],
+        num_classes=config.model.num_classes,
+        spatial_dims=len(image_shape) - 1,
+        dropout=config.model.dropout,
+        dtype=config.train.dtype,
+        rngs=nnx.Rngs(config.seed),
+    )
+    schedule = learning_rate_schedule(config.train, steps_per_epoch)
+    optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
+    weights = class_weights(class_counts, tuple(config.train.class_weights))
+    steps = build_steps(model, optimizer, weights, make_mesh())
+    return steps, schedule, weights
 
 
 # ----------------------------------------------------------------------------- the run
@@ -265,22 +295,13 @@ def _setup(config, workdir: Path, pipeline) -> _Run:
     info = pipeline.prepare(config, workdir)
     _check_sizes(config, info)
     spe = pipeline.steps_per_epoch(info, config.train.batch_size)
-    model = models.create_model(
-        config.model.name,
-        in_channels=info.image_shape[-1],
-        num_classes=config.model.num_classes,
-        spatial_dims=len(info.image_shape) - 1,
-        dropout=config.model.dropout,
-        dtype=config.train.dtype,
-        rngs=nnx.Rngs(config.seed),
+    steps, schedule, weights = build_training(
+        config, info.image_shape, info.train_class_counts, spe
     )
-    schedule = learning_rate_schedule(config.train, spe)
-    optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
-    weights = class_weights(info.train_class_counts, tuple(config.train.class_weights))
     logging.info(
         "model %s: %d parameters; class weights %s; %d steps per epoch on %d devices",
         config.model.name,
-        models.count_params(model),
+        steps.num_params,
         dict(zip(info.class_names, [round(float(w), 3) for w in weights], strict=True)),
         spe,
         jax.device_count(),
@@ -290,7 +311,7 @@ def _setup(config, workdir: Path, pipeline) -> _Run:
         info=info,
         workdir=workdir,
         pipeline=pipeline,
-        steps=build_steps(model, optimizer, weights, make_mesh()),
+        steps=steps,
         schedule=schedule,
         positive=info.class_names.index(config.eval.positive_class),
         train_iter=pipeline.train_iterator(config, info, global_batch=config.train.batch_size),
@@ -442,12 +463,11 @@ def track_best(meta: dict, auc: float, step: int, patience: int) -> None:
     meta["stopped_early"] = bool(patience and meta["bad_epochs"] >= patience)
 
 
-def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, dict]:
-    """Predicts every example of `split` once and scores it.
+def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictions]:
+    """Predicts every example of `split` once and scores it at the default cut-offs.
 
     Returns:
-      (evaluate_predictions output plus "loss" (class-weighted), the per-example predictions:
-      {"subject_id", "label", "probs"}).
+      (evaluate_predictions output plus "loss" (class-weighted), the predictions).
     """
     outs = []
     batches = run.pipeline.eval_iterator(
@@ -457,12 +477,16 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, dict]:
         outs.append(run.steps.evaluate(model_state, device_batch(batch, run.steps.batch_sharding)))
     out = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
     keep = out["valid"].astype(bool)
-    preds = dict(subject_id=run.info.subject_ids(split), label=out["label"][keep])
-    preds["probs"] = out["probs"][keep]
+    preds = Predictions(
+        subject_id=run.info.subject_ids(split),
+        label=out["label"][keep],
+        probs=out["probs"][keep],
+        class_names=run.info.class_names,
+    )
     results = evaluate.evaluate_predictions(
-        preds["probs"],
-        preds["label"],
-        preds["subject_id"],
+        preds.probs,
+        preds.label,
+        preds.subject_id,
         positive=run.positive,
         class_names=run.info.class_names,
     )
@@ -472,33 +496,33 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, dict]:
 
 # ----------------------------------------------------------------------------- final evaluation
 def _final_evaluation(run: _Run) -> dict:
-    """Restores the best checkpoint (latest if no AUC was defined) and scores validation, test."""
+    """Restores the best checkpoint (latest if no AUC was defined) and scores validation, test.
+
+    Cut-offs come from the validation predictions as `config.eval` says (never from test); the
+    predictions of both splits are written to WORKDIR/predictions_<split>.csv.
+    """
     step, which = run.ckpt.best_step(), "best validation AUC"
     if step is None:
         step, which = run.ckpt.latest_step(), "latest: no validation AUC was defined"
     state = run.ckpt.restore(step, run.steps.state)[0] if step is not None else run.steps.state
     logging.info("evaluating the checkpoint of step %s (%s)", step, which)
-    results = {}
+    preds = {}
     for split in ("validation", "test"):
         if run.info.num_examples.get(split):
-            results[split], preds = _evaluate_split(run, state["model"], split)
-    if run.info.num_examples.get("test") and jax.process_index() == 0:
-        _write_predictions(run.workdir / "predictions_test.csv", preds, run.info.class_names)
+            preds[split] = _evaluate_split(run, state["model"], split)[1]
+            if jax.process_index() == 0:
+                predictions.write_csv(run.workdir / f"predictions_{split}.csv", preds[split])
+    cutoffs = predictions.thresholds(run.config.eval, preds.get("validation"), run.positive)
+    results = {
+        split: predictions.score(run.config.eval, p, run.positive, cutoffs)
+        for split, p in preds.items()
+    }
     if jax.process_index() == 0:
         print(f"Results of the checkpoint of step {step}:", flush=True)
         print(evaluate.format_table(results), flush=True)
     flat = evaluate.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.meta["step"])
     return flat
-
-
-def _write_predictions(path: Path, preds: dict, class_names) -> None:
-    """One row per example: subject_id, label, one probability column per class."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["subject_id", "label", *(f"prob_{c}" for c in class_names)])
-        for sid, y, p in zip(preds["subject_id"], preds["label"], preds["probs"], strict=True):
-            w.writerow([sid, int(y), *(f"{v:.6f}" for v in p)])
 
 
 def _write_results(run: _Run, results: dict) -> None:

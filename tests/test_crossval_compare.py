@@ -1,0 +1,154 @@
+"""Cross-validation and comparison commands: orchestration, pooling, ensembles, tables, tests.
+
+Training itself is covered by test_train.py; here `train.train_and_evaluate` is replaced by a
+fake that writes prediction files the way the trainer does, so the arithmetic can be checked.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernjax import compare, crossval, defaults, predictions, train
+from ernjax.predictions import Predictions
+
+CLASSES = ("necrosis", "recurrence")
+TEST_SUBJECTS = [f"t{j}" for j in range(8)]
+
+
+def _preds(subjects, seed, skill) -> Predictions:
+    """Two slices per subject; label by subject; recurrence probability tracks the label."""
+    rng = np.random.default_rng(seed)
+    ids = [s for s in subjects for _ in range(2)]
+    label = np.array([int(s[-1]) % 2 for s in ids])
+    p = np.clip(0.5 + skill * (label - 0.5) + rng.normal(0, 0.25, len(ids)), 0.01, 0.99)
+    return Predictions(ids, label, np.stack([1 - p, p], 1), CLASSES)
+
+
+class FakeTrain:
+    """Stands in for train.train_and_evaluate: records the configs, writes predictions."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, config, workdir):
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.calls.append((config, workdir))
+        seed = len(self.calls)
+        val_subjects = [f"v{config.data.fold}_{j}" for j in range(6)]
+        predictions.write_csv(
+            workdir / "predictions_validation.csv", _preds(val_subjects, seed, 0.6)
+        )
+        predictions.write_csv(
+            workdir / "predictions_test.csv", _preds(TEST_SUBJECTS, 100 + seed, 0.5)
+        )
+        (workdir / "results.json").write_text("{}")
+        return {}
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    fake = FakeTrain()
+    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    return fake
+
+
+def _config(folds=3):
+    c = defaults.base_config()
+    c.data.split.folds = folds
+    return c
+
+
+def test_csv_round_trip(tmp_path):
+    p = _preds(["a1", "b0"], 0, 0.5)
+    q = predictions.read_csv(predictions.write_csv(tmp_path / "p.csv", p))
+    assert q.subject_id == p.subject_id and q.class_names == CLASSES
+    np.testing.assert_array_equal(q.label, p.label)
+    np.testing.assert_allclose(q.probs, p.probs, atol=1e-6)
+
+
+def test_read_csv_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="predictions file not found"):
+        predictions.read_csv(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="bad.csv.*not a predictions file"):
+        predictions.read_csv(tmp_path / "bad.csv")
+
+
+def test_crossval_trains_each_fold_and_pools(tmp_path, fake_train):
+    results = crossval.run(_config(3), tmp_path, ensemble="mean")
+    assert [c.data.fold for c, _ in fake_train.calls] == [0, 1, 2]
+    assert {c.data.records_dir for c, _ in fake_train.calls} == {str(tmp_path / "records")}
+    pooled = results["pooled out-of-fold"]
+    assert pooled["subject"]["n"] == 18 and pooled["image"]["n"] == 36  # every fold's subjects
+    ens = results["ensemble (mean) test"]
+    assert ens["subject"]["n"] == len(TEST_SUBJECTS)
+    for name in ("crossval.json", "crossval.md", "crossval.csv", "roc_test_image.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    flat = json.loads((tmp_path / "crossval.json").read_text())
+    assert "fold 2 test.subject.auc" in flat
+    # Ensemble of better-than-chance members: at least as good as the weakest fold on test.
+    fold_aucs = [results[f"fold {f} test"]["image"]["auc"] for f in range(3)]
+    assert ens["image"]["auc"] >= min(fold_aucs)
+
+
+def test_crossval_partial_folds_defer_the_summary(tmp_path, fake_train):
+    assert crossval.run(_config(3), tmp_path, folds=[1]) == {}
+    assert [c.data.fold for c, _ in fake_train.calls] == [1]
+    with pytest.raises(ValueError, match="fold 5 is not in 0..2"):
+        crossval.run(_config(3), tmp_path, folds=[5])
+
+
+def test_ensemble_mean_and_majority():
+    a, b, c = (_preds(TEST_SUBJECTS, s, 0.5) for s in (1, 2, 3))
+    mean = crossval.ensemble_predictions([a, b, c], positive=1)
+    np.testing.assert_allclose(mean.probs, (a.probs + b.probs + c.probs) / 3)
+    cut = [{"threshold": 0.5}, {"threshold": 0.5}, {"threshold": 0.9}]
+    vote = crossval.ensemble_predictions([a, b, c], 1, "majority", cut)
+    calls = [a.probs[:, 1] >= 0.5, b.probs[:, 1] >= 0.5, c.probs[:, 1] >= 0.9]
+    expected = np.sum(calls, axis=0) / 3
+    np.testing.assert_allclose(vote.probs[:, 1], expected)
+    np.testing.assert_allclose(vote.probs.sum(1), 1.0)
+
+
+def test_ensemble_refuses_different_examples():
+    a = _preds(TEST_SUBJECTS, 1, 0.5)
+    b = _preds(TEST_SUBJECTS[::-1], 2, 0.5)
+    with pytest.raises(ValueError, match="member 1 predicted different examples"):
+        crossval.ensemble_predictions([a, b], 1)
+
+
+def test_parse_channel_sets():
+    assert compare.parse_channel_sets("t1c; t2;t1,t2,t1c;") == [
+        ("t1c",),
+        ("t2",),
+        ("t1", "t2", "t1c"),
+    ]
+
+
+def test_compare_runs_every_model_and_channel_set(tmp_path, fake_train):
+    cfg = _config()
+    sets = [("t1c",), ("t1", "t2", "t1c")]
+    results = compare.run(cfg, tmp_path, ["ern_tiny", "resnet10_tiny"], sets)
+    runs = [(c.model.name, tuple(c.data.channels)) for c, _ in fake_train.calls]
+    assert runs == [(m, s) for m in ("ern_tiny", "resnet10_tiny") for s in sets]
+    assert list(results) == [
+        "ern_tiny t1c",
+        "ern_tiny t1+t2+t1c",
+        "resnet10_tiny t1c",
+        "resnet10_tiny t1+t2+t1c",
+    ]
+    table = (tmp_path / "compare.md").read_text()
+    assert "ern_tiny t1c subject" in table and "(95% CI)" in table
+    delong = (tmp_path / "delong.md").read_text()
+    assert delong.count("| image |") == 3 and delong.count("| subject |") == 3
+    assert "necrosis" in (tmp_path / "ttests.md").read_text()
+    assert (tmp_path / "roc_test_subject.png").stat().st_size > 0
+
+
+def test_compare_refuses_unknown_modalities(tmp_path, fake_train):
+    with pytest.raises(ValueError, match=r"\['adc'\] not in config.data.modalities"):
+        compare.run(_config(), tmp_path, ["ern_tiny"], [("t1", "adc")])
+    assert not fake_train.calls

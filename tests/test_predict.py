@@ -1,0 +1,99 @@
+"""Predict command: a tiny trained run classifies a patient exactly as its test evaluation did."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ernjax import predict, predictions, train
+from ernjax.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(path: str):
+    spec = importlib.util.spec_from_file_location("cfg", REPO / path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def run_2d(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ern_tiny")
+    train.train_and_evaluate(_config("configs/ern.py"), workdir)
+    return workdir
+
+
+def _test_subject(workdir: Path) -> str:
+    return predictions.read_csv(workdir / "predictions_test.csv").subject_id[0]
+
+
+def test_predict_matches_the_test_evaluation(run_2d, tmp_path):
+    run = predict.load_run(run_2d)
+    sid = _test_subject(run_2d)
+    subject = predict.make_subject(run, sid, {}, subject_dir=run_2d / "synthetic_cohort" / sid)
+    report = predict.predict(run, subject, tmp_path / "out", max_pngs=3)
+
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    rows = [i for i, s in enumerate(test.subject_id) if s == sid]
+    recurrence = [s["recurrence"] for s in report["slices"]]
+    np.testing.assert_allclose(recurrence, test.probs[rows, 1], atol=2e-5)
+    assert report["n_images"] == len(rows)
+    assert sum(report["probabilities"].values()) == pytest.approx(1.0)
+    assert report["decision"] in ("necrosis", "recurrence")
+    assert report["threshold_source"] == "validation"
+    assert len(report["gradcam"]) == 3
+    for name in report["gradcam"]:
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    saved = (tmp_path / "out" / "report.json").read_text()
+    assert json.loads(saved)["subject_id"] == sid
+    assert str(tmp_path) not in saved and "nii" not in saved  # IDs only, no file paths
+
+
+def test_predict_from_files_refuses_a_missing_modality(run_2d):
+    run = predict.load_run(run_2d)
+    sid = _test_subject(run_2d)
+    folder = run_2d / "synthetic_cohort" / sid
+    files = {"t1": folder / f"{sid}_t1.nii.gz", "t1c": folder / f"{sid}_t1c.nii.gz"}
+    with pytest.raises(InputError, match=r"missing \['t2'\]: pass --t2=FILE"):
+        predict.make_subject(run, "P1", files)
+
+
+def test_predict_refuses_a_4d_series(run_2d, tmp_path):
+    run = predict.load_run(run_2d)
+    sid = _test_subject(run_2d)
+    folder = run_2d / "synthetic_cohort" / sid
+    files = {m: folder / f"{sid}_{m}.nii.gz" for m in ("t1", "t2", "t1c")}
+    img = nib.load(files["t2"])
+    series = np.stack([np.asarray(img.dataobj)] * 2, -1)
+    files["t2"] = tmp_path / "t2_dwi.nii.gz"
+    nib.save(nib.Nifti1Image(series, img.affine), files["t2"])
+    subject = predict.make_subject(run, "P1", files)
+    with pytest.raises(InputError, match=r"subject P1, file .*t2_dwi.nii.gz: expected a 3D volume"):
+        predict.predict(run, subject, tmp_path / "out")
+
+
+def test_predict_without_a_run_says_so(tmp_path):
+    with pytest.raises(InputError, match="no checkpoint: train the model first"):
+        predict.load_run(tmp_path)
+
+
+def test_predict_3d_writes_the_map_in_the_scan_space(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(_config("configs/resnet3d.py"), workdir)
+    run = predict.load_run(workdir)
+    sid = _test_subject(workdir)
+    folder = workdir / "synthetic_cohort" / sid
+    subject = predict.make_subject(run, sid, {}, subject_dir=folder)
+    report = predict.predict(run, subject, tmp_path / "out")
+    test = predictions.read_csv(workdir / "predictions_test.csv")
+    row = test.subject_id.index(sid)
+    assert report["probabilities"]["necrosis"] == pytest.approx(test.probs[row, 0], abs=2e-5)
+    cam = nib.load(tmp_path / "out" / "gradcam.nii.gz")
+    ref = nib.load(folder / f"{sid}_t1c.nii.gz")
+    assert cam.shape == ref.shape
+    np.testing.assert_allclose(cam.affine, ref.affine, atol=1e-4)
