@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and efficiency figures, run by hand (`python -m benchmarks.<name>`)."""
