@@ -25,7 +25,7 @@ from ernjax import input_pipeline, records, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("configs/brats2018_3d.py", "configs/tcga_lgg_2d.py")
-FLAGS = flags.DEFINE_string("out", "benchmarks/results", "report directory")
+OUT_DIR = flags.DEFINE_string("out", "benchmarks/results", "report directory")
 STEPS = flags.DEFINE_integer("steps", 10, "timed batches/steps per measurement")
 ONLY = flags.DEFINE_list("configs", list(CONFIGS), "config files to measure")
 
@@ -110,7 +110,7 @@ def main(argv):
         "build_examples_per_s", "model", "batch", "pipeline_examples_per_s",
         "step_examples_per_s", "fed_examples_per_s", "pipeline_over_step", "fed_over_step",
     ]  # fmt: skip
-    print(common.write_report(FLAGS.value, "builder", rows, columns))
+    print(common.write_report(OUT_DIR.value, "builder", rows, columns))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import grain.python as grain
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from scipy import ndimage
 
 from ernjax import records as records_lib
@@ -71,7 +72,14 @@ def prepare(config, workdir) -> DataInfo:
       k >= 0: fold k of the non-test subjects validates, the other folds train).
     """
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
-    recs = records_lib.build(config.data, cohort_dir(config, workdir), records_dir)
+    if jax.process_index() == 0:
+        recs = records_lib.build(config.data, cohort_dir(config, workdir), records_dir)
+    if jax.process_count() > 1:
+        # Process 0 writes the cohort and the records; the others then find them on a shared
+        # file system (or, without one, build their own copy after the barrier).
+        multihost_utils.sync_global_devices("ernjax: records built")
+    if jax.process_index() != 0:
+        recs = records_lib.build(config.data, cohort_dir(config, workdir), records_dir)
     parts = select_parts(recs.index, config.data.fold)
     labels = {s: [recs.index["splits"][p]["label"][i] for p, i in parts[s]] for s in SPLITS}
     n_classes = len(recs.index["class_names"])
