@@ -56,7 +56,8 @@ def measure(config, workdir: Path, n: int) -> dict:
     pipeline_s = (time.perf_counter() - t) / n
 
     spe = input_pipeline.steps_per_epoch(info, batch)
-    steps = train.build_training(config, info.image_shape, info.train_class_counts, spe)[0]
+    model = train.create_model(config, info.image_shape)
+    steps = train.build_training(config, model, info.train_class_counts, spe)[0]
     dev = [train.device_batch(b, steps.batch_sharding) for b in batches]
 
     def run_steps(feed):

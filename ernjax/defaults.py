@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.name = "ern_b0"
     m.num_classes = 2
     m.dropout = 0.2
+    # Pretrained weights: a PyTorch state dict (MONAI, MedicalNet, torchvision layouts) or an
+    # ernjax run directory; "" = random init. See ernjax/models/pretrained.py.
+    m.init_from = ""
 
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 32  # global batch, split over all devices of all processes

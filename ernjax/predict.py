@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from ernjax import cohort, evaluate, gradcam, models, predictions, samples, train
+from ernjax import cohort, evaluate, gradcam, predictions, samples, train
 from ernjax.checkpoints import Checkpointer
 from ernjax.errors import InputError
 
@@ -68,19 +68,11 @@ def load_run(workdir) -> TrainedRun:
         config = ml_collections.ConfigDict(json.loads(ckpt.saved_config(step)))
         d = config.data
         shape = (*d.shape, len(d.channels))
-        steps, _, _ = train.build_training(config, shape, (1,) * len(d.classes), 1)
+        model = train.create_model(config, shape)
+        steps, _, _ = train.build_training(config, model, (1,) * len(d.classes), 1)
         state, _ = ckpt.restore(step, steps.state)
     finally:
         ckpt.close()
-    model = models.create_model(
-        config.model.name,
-        in_channels=shape[-1],
-        num_classes=config.model.num_classes,
-        spatial_dims=len(shape) - 1,
-        dropout=config.model.dropout,
-        dtype=config.train.dtype,
-        rngs=nnx.Rngs(config.seed),
-    )
     nnx.update(model, jax.device_get(state["model"]))
     model.eval()
     val = workdir / "predictions_validation.csv"

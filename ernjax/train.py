@@ -31,6 +31,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ernjax import checkpoints, evaluate, input_pipeline, models, predictions
+from ernjax.models import pretrained
 from ernjax.predictions import Predictions
 
 _DEVICE_KEYS = ("image", "label", "valid")  # batch fields that go to the devices
@@ -220,19 +221,9 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
-def build_training(config, image_shape, class_counts, steps_per_epoch: int):
-    """The model, optimizer and compiled steps for examples of `image_shape` (channels last).
-
-    Args:
-      config: the full config (model, train).
-      image_shape: one example's shape, e.g. (96, 96, 3) or (32, 32, 32, 3).
-      class_counts: training examples per class (for the default class weights).
-      steps_per_epoch: for the learning-rate schedule.
-
-    Returns:
-      (Steps with a fresh replicated state, the learning-rate schedule, the class weights).
-    """
-    model = models.create_model(
+def create_model(config, image_shape) -> nnx.Module:
+    """The configured model for examples of `image_shape` (channels last), e.g. (96, 96, 3)."""
+    return models.create_model(
         config.model.name,
         in_channels=image_shape[-1],
         num_classes=config.model.num_classes,
@@ -241,6 +232,20 @@ def build_training(config, image_shape, class_counts, steps_per_epoch: int):
         dtype=config.train.dtype,
         rngs=nnx.Rngs(config.seed),
     )
+
+
+def build_training(config, model: nnx.Module, class_counts, steps_per_epoch: int):
+    """The optimizer and compiled steps for `model`.
+
+    Args:
+      config: the full config (train).
+      model: from `create_model` (pretrained weights already loaded, if any).
+      class_counts: training examples per class (for the default class weights).
+      steps_per_epoch: for the learning-rate schedule.
+
+    Returns:
+      (Steps with a fresh replicated state, the learning-rate schedule, the class weights).
+    """
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
     weights = class_weights(class_counts, tuple(config.train.class_weights))
@@ -295,9 +300,15 @@ def _setup(config, workdir: Path, pipeline) -> _Run:
     info = pipeline.prepare(config, workdir)
     _check_sizes(config, info)
     spe = pipeline.steps_per_epoch(info, config.train.batch_size)
-    steps, schedule, weights = build_training(
-        config, info.image_shape, info.train_class_counts, spe
-    )
+    model = create_model(config, info.image_shape)
+    if config.model.init_from:
+        # Pretrained weights (PyTorch file or an ernjax run); a checkpoint to resume wins later.
+        report = pretrained.init_from(model, config.model.init_from)
+        logging.info("init_from: %s", report.summary())
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+            report.write_json(workdir / "init_report.json")
+    steps, schedule, weights = build_training(config, model, info.train_class_counts, spe)
     logging.info(
         "model %s: %d parameters; class weights %s; %d steps per epoch on %d devices",
         config.model.name,

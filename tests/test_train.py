@@ -469,3 +469,19 @@ def _subprocess_main(workdir: str, cache_dir: str, delay: str) -> None:
 
 if __name__ == "__main__":
     _subprocess_main(*sys.argv[1:4])
+
+
+def test_init_from_a_finished_run(tmp_path, compile_cache):
+    """config.model.init_from = an ernjax run: the new run starts from its weights, reported."""
+    first = tiny_config(num_epochs=1)
+    train.train_and_evaluate(first, tmp_path / "a", pipeline=FakePipeline())
+    second = tiny_config(num_epochs=0)
+    second.model.init_from = str(tmp_path / "a")
+    # 0 epochs: nothing trains, so the final evaluation sees the loaded weights.
+    train.train_and_evaluate(second, tmp_path / "b", pipeline=FakePipeline())
+    report = json.loads((tmp_path / "b" / "init_report.json").read_text())
+    assert report["source"] == "ernjax" and report["loaded"]
+    assert not report["new"]
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b["test.image.auc"] == pytest.approx(a["test.image.auc"])

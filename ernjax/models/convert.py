@@ -1,7 +1,7 @@
 """Load PyTorch state dicts (MONAI layout) into ernjax's Flax models, with a report.
 
-A layout is a mapping table: for one model family and one source (MONAI today; MedicalNet and
-torchvision are further tables), an ordered list of (regex over the PyTorch module name,
+A layout is a mapping table: for one model family and one source (MONAI, MedicalNet,
+torchvision), an ordered list of (regex over the PyTorch module name,
 replacement giving the Flax module path). Tensor names then follow one rule for every layout:
 `weight` -> `kernel` (conv, dense) or `scale` (BatchNorm), `bias` -> `bias`, `running_mean` ->
 `mean`, `running_var` -> `var`; `num_batches_tracked` is dropped. Tensors are transposed from
@@ -45,6 +45,11 @@ RESNET_MONAI = (
     (r"(layer[1-4]\.\d+)\.downsample\.0", r"\1.downsample.conv"),
     (r"(layer[1-4]\.\d+)\.downsample\.1", r"\1.downsample.bn"),
 )
+# MedicalNet (Chen et al. 2019, Med3D) and torchvision name their ResNets as MONAI does (MONAI
+# copied MedicalNet): conv1, bn1, layerN.M.convK/bnK, downsample.0/.1, fc. MedicalNet files have
+# no `fc` but a segmentation head `conv_seg.*`, which maps to nothing (reported unused).
+RESNET_MEDICALNET = RESNET_MONAI
+RESNET_TORCHVISION = RESNET_MONAI
 # torchvision's VGG (and the reference in tests/test_models_zoo.py): `features.N` and
 # `classifier.N` Sequentials; ernjax's VGG keys its `trunk` and `head` by the same N.
 VGG_TORCH = (
@@ -59,9 +64,11 @@ DENSENET_MONAI = (
     (r"class_layers\.out", "fc"),
 )
 # torchvision's DenseNet: the same without MONAI's `layers.` level, head named `classifier`.
+# Its published weight files use the old names `norm.1`, `conv.2` (torchvision renames them on
+# load): both spellings map here.
 DENSENET_TORCHVISION = (
     (r"features\.(conv0|norm0|norm5)", r"\1"),
-    (_DENSE + r"(norm[12]|conv[12])", r"\1.\2"),
+    (_DENSE + r"(norm|conv)\.?([12])", r"\1.\2\3"),
     (r"features\.(transition\d+)\.(norm|conv)", r"\1.\2"),
     (r"classifier", "fc"),
 )
@@ -69,6 +76,8 @@ DENSENET_TORCHVISION = (
 LAYOUTS = {
     ("efficientnet", "monai"): EFFICIENTNET_MONAI,
     ("resnet", "monai"): RESNET_MONAI,
+    ("resnet", "medicalnet"): RESNET_MEDICALNET,
+    ("resnet", "torchvision"): RESNET_TORCHVISION,
     ("vgg", "torchvision"): VGG_TORCH,
     ("densenet", "monai"): DENSENET_MONAI,
     ("densenet", "torchvision"): DENSENET_TORCHVISION,
@@ -153,20 +162,10 @@ def load_state_dict(
     family = getattr(model, "family", type(model).__name__)
     if (family, source) not in LAYOUTS:
         raise ValueError(f"no weight layout for {family!r} from {source!r}; have {list(LAYOUTS)}")
-    table = LAYOUTS[(family, source)]
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    targets = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
-    report = LoadReport()
-    for key, tensor in state_dict.items():
-        key = key.removeprefix("module.")
-        module, _, tensor_name = key.rpartition(".")
-        if tensor_name == "num_batches_tracked":
-            continue
-        path = _find_target(module, tensor_name, table, targets)
-        if path is None:
-            report.unexpected.append(key)
-            continue
-        value = to_flax_array(_to_numpy(tensor), targets[path].ndim)
+    state, targets = flax_targets(model)
+    matches, unexpected = match_tensors(state_dict, LAYOUTS[(family, source)], targets)
+    report = LoadReport(unexpected=unexpected)
+    for key, path, value in matches:
         if value.shape != targets[path].shape:
             report.mismatched.append(
                 f"{key} -> {path}: {value.shape} vs {tuple(targets[path].shape)}"
@@ -200,6 +199,23 @@ def load_torch_file(
     Raises:
       InputError: the file is missing or unreadable.
     """
+    return load_state_dict(model, read_torch_file(path), source=source, strict=strict)
+
+
+def read_torch_file(path) -> Mapping:
+    """Reads a PyTorch `.pt`/`.pth`/`.pth.tar` state dict (tensors only, no pickled code).
+
+    A checkpoint dict holding the weights under "state_dict" (MedicalNet's format) is unwrapped.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The state dict, tensor name -> torch tensor (names as in the file).
+
+    Raises:
+      InputError: the file is missing, unreadable or holds no state dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError("", path, "pretrained weight file not found")
@@ -213,7 +229,43 @@ def load_torch_file(
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise InputError("", path, f"holds a {type(obj).__name__}, not a state dict")
-    return load_state_dict(model, obj, source=source, strict=strict)
+    return obj
+
+
+def flax_targets(model: nnx.Module) -> tuple[nnx.State, dict]:
+    """Returns (the model's parameters and BatchNorm statistics, {"a.b.kernel": variable}).
+
+    Writing `variable[...] = array` and then `nnx.update(model, state)` sets a value.
+    """
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    return state, {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
+
+
+def match_tensors(state_dict: Mapping, table, targets: Mapping) -> tuple[list, list[str]]:
+    """Pairs each PyTorch tensor with the Flax variable it maps to, without writing anything.
+
+    Args:
+      state_dict: tensor name -> tensor (torch or numpy); a leading `module.` is ignored and
+        `num_batches_tracked` is skipped.
+      table: a layout (see `LAYOUTS`).
+      targets: Flax path -> variable, as from `flax_targets`.
+
+    Returns:
+      (matches as (source key, Flax path, numpy array in the Flax layout), source keys that
+      map to no variable).
+    """
+    matches, unexpected = [], []
+    for key, tensor in state_dict.items():
+        key = key.removeprefix("module.")
+        module, _, tensor_name = key.rpartition(".")
+        if tensor_name == "num_batches_tracked":
+            continue
+        path = _find_target(module, tensor_name, table, targets)
+        if path is None:
+            unexpected.append(key)
+            continue
+        matches.append((key, path, to_flax_array(_to_numpy(tensor), targets[path].ndim)))
+    return matches, unexpected
 
 
 def _find_target(module: str, tensor_name: str, table, targets) -> str | None:
