@@ -8,6 +8,7 @@ leaves nothing behind, and a rebuild after a fix starts clean.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -53,7 +54,14 @@ class Records:
 
     def source(self, split: str):
         """Returns the random-access data source of one split (decodes to numpy)."""
-        return tfds.builder_from_directory(str(self.path)).as_data_source(split=split)
+        return _builder(str(self.path)).as_data_source(split=split)
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(path: str):
+    # Once per process and dataset: every evaluation opens its splits again, and each
+    # builder_from_directory reads and logs dataset_info.json.
+    return tfds.builder_from_directory(path)
 
 
 def cohort_fingerprint(cohort_dir: Path) -> str:
