@@ -12,7 +12,10 @@ W/fold_k (each fold resumes on its own; all share W/records). Then:
     models' probabilities ("mean"), or the fraction of fold models calling each example positive
     ("majority"), at cut-offs chosen on the pooled out-of-fold predictions.
 W/crossval.json (flat numbers), crossval.md / crossval.csv (the table) and the test ROC curves
-roc_test_image.png / roc_test_subject.png are written.
+roc_test_image.png / roc_test_subject.png are written. A cohort too small for a held-out test
+split (`config.data.split.test = 0`) gets the per-fold and pooled out-of-fold figures and
+roc_out_of_fold_*.png; with `config.train.select_checkpoint = "last"` no fold's scored
+predictions took part in choosing its model, so the pooled figure is unbiased.
 """
 
 import json
@@ -68,11 +71,15 @@ def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
 
 
 def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
-    """Scores the k fold runs under WORKDIR (see the module docstring) and writes the reports."""
-    val = [
-        predictions.read_csv(workdir / f"fold_{f}" / "predictions_validation.csv") for f in range(k)
-    ]
-    test = [predictions.read_csv(workdir / f"fold_{f}" / "predictions_test.csv") for f in range(k)]
+    """Scores the k fold runs under WORKDIR (see the module docstring) and writes the reports.
+
+    Without a test split (`config.data.split.test = 0`, for cohorts too small to hold one out)
+    the pooled out-of-fold metrics are the result, and there is no ensemble.
+    """
+    fold_dirs = [workdir / f"fold_{f}" for f in range(k)]
+    val = [predictions.read_csv(d / "predictions_validation.csv") for d in fold_dirs]
+    has_test = all((d / "predictions_test.csv").exists() for d in fold_dirs)
+    test = [predictions.read_csv(d / "predictions_test.csv") for d in fold_dirs] if has_test else []
     classes = val[0].class_names
     positive = classes.index(config.eval.positive_class)
     ev = config.eval
@@ -81,15 +88,21 @@ def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
     for f in range(k):
         fold_cutoffs.append(predictions.thresholds(ev, val[f], positive))
         results[f"fold {f} validation"] = predictions.score(ev, val[f], positive)
-        results[f"fold {f} test"] = predictions.score(ev, test[f], positive, fold_cutoffs[f])
+        if has_test:
+            results[f"fold {f} test"] = predictions.score(ev, test[f], positive, fold_cutoffs[f])
     pooled = concat(val)
     results["pooled out-of-fold"] = predictions.score(ev, pooled, positive)
-    cutoffs = predictions.thresholds(ev, pooled, positive)
-    ens = ensemble_predictions(test, positive, ensemble, fold_cutoffs)
-    results[f"ensemble ({ensemble}) test"] = predictions.score(
-        ev, ens, positive, cutoffs if ensemble == "mean" else None
-    )
-    _write(workdir, config, results, ens, test, positive)
+    if has_test:
+        cutoffs = predictions.thresholds(ev, pooled, positive)
+        ens = ensemble_predictions(test, positive, ensemble, fold_cutoffs)
+        results[f"ensemble ({ensemble}) test"] = predictions.score(
+            ev, ens, positive, cutoffs if ensemble == "mean" else None
+        )
+        curves = {f"fold {f}": p for f, p in enumerate(test)} | {"ensemble": ens}
+        _write(workdir, config, results, curves, "roc_test", positive)
+    else:
+        curves = {f"fold {f}": p for f, p in enumerate(val)} | {"pooled": pooled}
+        _write(workdir, config, results, curves, "roc_out_of_fold", positive)
     return results
 
 
@@ -142,16 +155,15 @@ def ensemble_predictions(
     return Predictions(list(first.subject_id), first.label.copy(), probs, first.class_names)
 
 
-def _write(workdir: Path, config, results, ens, test, positive: int) -> None:
+def _write(workdir: Path, config, results, curves, roc_name: str, positive: int) -> None:
     flat = reporting.flatten(results)
     clean = {key: (v if math.isfinite(v) else None) for key, v in flat.items()}
     (workdir / "crossval.json").write_text(json.dumps(clean, indent=1, sort_keys=True))
     (workdir / "crossval.md").write_text(reporting.format_table(results, fmt="markdown"))
     (workdir / "crossval.csv").write_text(reporting.format_table(results, fmt="csv"))
-    named = {f"fold {f}": p for f, p in enumerate(test)} | {"ensemble": ens}
     predictions.plot_rocs(
-        named,
-        workdir / "roc_test",
+        curves,
+        workdir / roc_name,
         positive,
         config.eval.positive_class,
         config.eval.subject_method,

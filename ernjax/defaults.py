@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.class_weights = ()  # () = n_total / (n_classes * n_class) from the training split
     t.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
     t.early_stopping_patience = 0  # epochs without validation AUC gain before stopping; 0 = off
+    # Which checkpoint is scored at the end: "best" validation AUC, or the "last" one. "last"
+    # keeps the validation split untouched by model selection, so that its metrics (and pooled
+    # out-of-fold metrics in cross-validation) are unbiased; use it when there is no test split.
+    t.select_checkpoint = "best"
     t.log_every_steps = 10
     t.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
     t.keep_checkpoints = 3

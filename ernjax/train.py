@@ -277,7 +277,12 @@ class _Run:
 
 
 def _check_sizes(config, info) -> None:
-    """Fails early, in words, on sizes the mesh or the model cannot take."""
+    """Fails early, in words, on sizes and settings the mesh, model or data cannot take."""
+    if config.train.select_checkpoint not in ("best", "last"):
+        raise ValueError(
+            f"config.train.select_checkpoint={config.train.select_checkpoint!r}: expected "
+            "'best' or 'last'"
+        )
     n = jax.device_count()
     for name in ("train.batch_size", "eval.batch_size"):
         size = config[name.split(".")[0]][name.split(".")[1]]
@@ -507,14 +512,19 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
 
 # ----------------------------------------------------------------------------- final evaluation
 def _final_evaluation(run: _Run) -> dict:
-    """Restores the best checkpoint (latest if no AUC was defined) and scores validation, test.
+    """Restores the selected checkpoint and scores validation and test.
+
+    "best" is the best validation AUC (the latest when no AUC was defined); "last" the latest.
 
     Cut-offs come from the validation predictions as `config.eval` says (never from test); the
     predictions of both splits are written to WORKDIR/predictions_<split>.csv.
     """
-    step, which = run.ckpt.best_step(), "best validation AUC"
-    if step is None:
-        step, which = run.ckpt.latest_step(), "latest: no validation AUC was defined"
+    select = run.config.train.select_checkpoint
+    step, which = run.ckpt.latest_step(), "last (config.train.select_checkpoint)"
+    if select == "best":
+        step, which = run.ckpt.best_step(), "best validation AUC"
+        if step is None:
+            step, which = run.ckpt.latest_step(), "latest: no validation AUC was defined"
     state = run.ckpt.restore(step, run.steps.state)[0] if step is not None else run.steps.state
     logging.info("evaluating the checkpoint of step %s (%s)", step, which)
     preds = {}

@@ -29,8 +29,8 @@ def _preds(subjects, seed, skill) -> Predictions:
 class FakeTrain:
     """Stands in for train.train_and_evaluate: records the configs, writes predictions."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, with_test=True):
+        self.calls, self.with_test = [], with_test
 
     def __call__(self, config, workdir):
         workdir = Path(workdir)
@@ -41,9 +41,10 @@ class FakeTrain:
         predictions.write_csv(
             workdir / "predictions_validation.csv", _preds(val_subjects, seed, 0.6)
         )
-        predictions.write_csv(
-            workdir / "predictions_test.csv", _preds(TEST_SUBJECTS, 100 + seed, 0.5)
-        )
+        if self.with_test:
+            predictions.write_csv(
+                workdir / "predictions_test.csv", _preds(TEST_SUBJECTS, 100 + seed, 0.5)
+            )
         (workdir / "results.json").write_text("{}")
         return {}
 
@@ -92,6 +93,21 @@ def test_crossval_trains_each_fold_and_pools(tmp_path, fake_train):
     # Ensemble of better-than-chance members: at least as good as the weakest fold on test.
     fold_aucs = [results[f"fold {f} test"]["image"]["auc"] for f in range(3)]
     assert ens["image"]["auc"] >= min(fold_aucs)
+
+
+def test_crossval_without_a_test_split_reports_pooled_out_of_fold(tmp_path, monkeypatch):
+    # BraTS 2018 has 4 LGG subjects: all of them go through the folds and none is held out.
+    monkeypatch.setattr(train, "train_and_evaluate", FakeTrain(with_test=False))
+    results = crossval.run(_config(3), tmp_path)
+    assert list(results) == [
+        "fold 0 validation",
+        "fold 1 validation",
+        "fold 2 validation",
+        "pooled out-of-fold",
+    ]
+    assert results["pooled out-of-fold"]["subject"]["n"] == 18
+    assert (tmp_path / "roc_out_of_fold_subject.png").stat().st_size > 0
+    assert not (tmp_path / "roc_test_subject.png").exists()
 
 
 def test_crossval_partial_folds_defer_the_summary(tmp_path, fake_train):

@@ -485,3 +485,14 @@ def test_init_from_a_finished_run(tmp_path, compile_cache):
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert b["test.image.auc"] == pytest.approx(a["test.image.auc"])
+
+
+def test_select_checkpoint_last_scores_the_final_step(tmp_path, compile_cache):
+    config = tiny_config(num_epochs=2)
+    config.train.select_checkpoint = "last"
+    results = train.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
+    last = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=3).latest_step()
+    assert results["checkpoint_step"] == last
+    config.train.select_checkpoint = "first"
+    with pytest.raises(ValueError, match="select_checkpoint='first'"):
+        train.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())

@@ -53,6 +53,17 @@ def _default_data(kind: str) -> dict:
     )
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo that never looks for pre-computed info in TFDS's public bucket.
+
+    ernjax datasets are private cohorts. TFDS's lookup would find nothing and leave one empty
+    `tmp*tfds` folder in the system temp dir per build.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Fused multimodal 2D lesion slices or multichannel 3D volumes from a NIfTI cohort."""
 
@@ -82,7 +93,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             features["slice"] = np.int32
         else:
             features["affine"] = tfds.features.Tensor(shape=(4, 4), dtype=np.float32)
-        return self.dataset_info_from_configs(
+        return _LocalDatasetInfo(
+            builder=self,
+            description=self.builder_config.description,
             features=tfds.features.FeaturesDict(features),
             metadata=tfds.core.MetadataDict(),
             homepage="https://github.com/ernjax/ernjax",
