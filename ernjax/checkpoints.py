@@ -99,6 +99,18 @@ class Checkpointer:
             return None
         return self._manager.best_step()
 
+    def scored_step(self, select: str = "best") -> tuple[int | None, str]:
+        """The step a run is scored and used with, and why (`config.train.select_checkpoint`).
+
+        "best": the best validation AUC, or the latest when no step has one; "last": the latest.
+        None when there is no checkpoint.
+        """
+        if select == "best" and (step := self.best_step()) is not None:
+            return step, "best validation AUC"
+        if select == "best":
+            return self.latest_step(), "latest: no validation AUC was defined"
+        return self.latest_step(), "last (config.train.select_checkpoint)"
+
     def all_steps(self) -> list[int]:
         """Returns the steps on disk, oldest first."""
         return sorted(self._manager.all_steps())

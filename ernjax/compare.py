@@ -48,6 +48,11 @@ def run(config, workdir, models, channel_sets) -> dict:
       {run name: {"image": ..., "subject": ...}} test metrics, in run order.
     """
     workdir = Path(workdir)
+    if config.data.split.test <= 0:
+        raise ValueError(
+            "compare scores every run on the test split, and config.data.split.test is 0: set a "
+            "test fraction, or compare cross-validations (python -m ernjax.crossval) instead"
+        )
     models = list(models) or [config.model.name]
     channel_sets = list(channel_sets) or [tuple(config.data.channels)]
     for chans in channel_sets:

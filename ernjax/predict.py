@@ -53,7 +53,7 @@ class TrainedRun:
 
 
 def load_run(workdir) -> TrainedRun:
-    """Loads the run's config, its best checkpoint (latest if none) and its cut-offs.
+    """Loads the run's config, the checkpoint it was scored with, and its cut-offs.
 
     Raises:
       InputError: WORKDIR holds no checkpoint.
@@ -61,11 +61,12 @@ def load_run(workdir) -> TrainedRun:
     workdir = Path(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", keep=1, async_save=False)
     try:
-        step = ckpt.best_step()
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
+        latest = ckpt.latest_step()
+        if latest is None:
             raise InputError("", workdir / "checkpoints", "no checkpoint: train the model first")
-        config = ml_collections.ConfigDict(json.loads(ckpt.saved_config(step)))
+        config = ml_collections.ConfigDict(json.loads(ckpt.saved_config(latest)))
+        # The checkpoint the run itself was scored with (and its cut-offs chosen for).
+        step, _ = ckpt.scored_step(config.train.get("select_checkpoint", "best"))
         d = config.data
         shape = (*d.shape, len(d.channels))
         model = train.create_model(config, shape)

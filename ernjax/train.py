@@ -519,12 +519,7 @@ def _final_evaluation(run: _Run) -> dict:
     Cut-offs come from the validation predictions as `config.eval` says (never from test); the
     predictions of both splits are written to WORKDIR/predictions_<split>.csv.
     """
-    select = run.config.train.select_checkpoint
-    step, which = run.ckpt.latest_step(), "last (config.train.select_checkpoint)"
-    if select == "best":
-        step, which = run.ckpt.best_step(), "best validation AUC"
-        if step is None:
-            step, which = run.ckpt.latest_step(), "latest: no validation AUC was defined"
+    step, which = run.ckpt.scored_step(run.config.train.select_checkpoint)
     state = run.ckpt.restore(step, run.steps.state)[0] if step is not None else run.steps.state
     logging.info("evaluating the checkpoint of step %s (%s)", step, which)
     preds = {}

@@ -168,3 +168,11 @@ def test_compare_refuses_unknown_modalities(tmp_path, fake_train):
     with pytest.raises(ValueError, match=r"\['adc'\] not in config.data.modalities"):
         compare.run(_config(), tmp_path, ["ern_tiny"], [("t1", "adc")])
     assert not fake_train.calls
+
+
+def test_compare_refuses_a_config_without_test_split(tmp_path, fake_train):
+    config = _config()
+    config.data.split.test = 0.0
+    with pytest.raises(ValueError, match="config.data.split.test is 0"):
+        compare.run(config, tmp_path, ["ern_tiny"], [("t1",)])
+    assert not fake_train.calls

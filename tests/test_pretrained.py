@@ -109,6 +109,20 @@ def test_ernjax_checkpoint_round_trip_takes_the_best_step(tmp_path):
         np.testing.assert_array_equal(value, untouched[name])
 
 
+def test_ernjax_run_scored_with_the_last_checkpoint_gives_the_last_step(tmp_path):
+    ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False)
+    config = json.dumps({"train": {"select_checkpoint": "last"}})
+    for step, auc in [(1, 0.9), (2, 0.6)]:
+        meta = {"step": step, "best_step": 1, "best_auc": 0.9}
+        model = tiny(seed=step)
+        ckpt.save(step, {"model": nnx.state(model)}, _iterator(), meta, config, val_auc=auc)
+    assert ckpt.scored_step("last") == (2, "last (config.train.select_checkpoint)")
+    assert ckpt.scored_step("best")[0] == 1
+    ckpt.close()
+    report = pretrained.init_from(tiny(seed=7), tmp_path)
+    assert report.step == 2
+
+
 # ----------------------------------------------------------------------------- PyTorch files
 @pytest.fixture
 def monai_resnet10():

@@ -247,13 +247,19 @@ def _read_checkpoint(path: Path) -> tuple[dict, int]:
 
     directory = _checkpoint_dir(path)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options) as mgr:
+    items = ("state", "meta", "config")
+    with ocp.CheckpointManager(directory, item_names=items, options=options) as mgr:
         steps = list(mgr.all_steps())
         if not steps:
             raise InputError("", path, "holds no complete ernjax checkpoint")
         latest = max(steps)
-        meta = mgr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        step = meta.get("best_step") if meta.get("best_step") in steps else latest
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+        saved = mgr.restore(latest, args=args)
+        meta, config = saved["meta"], json.loads(saved["config"]["json"])
+        # The checkpoint the run was scored with (train.select_checkpoint), as predict uses.
+        select = config.get("train", {}).get("select_checkpoint", "best")
+        best = meta.get("best_step")
+        step = best if select == "best" and best in steps else latest
         args = ocp.args.Composite(state=ocp.args.StandardRestore())
         state = mgr.restore(step, args=args)["state"]
     if not isinstance(state, Mapping) or "model" not in state:
