@@ -9,7 +9,7 @@ patient. So nothing is held out (`split.test = 0`): use `python -m ernjax.crossv
 every subject once by a model that never saw it, and report the pooled out-of-fold figures. The
 last checkpoint is scored (`select_checkpoint = "last"`), so no fold chooses its own model on the
 subjects it is scored on. Even so, an AUC over 4 positives moves by 1/68 per swapped pair, and
-its interval spans about half the [0, 1] range.
+its 95 % interval spans about 0.4 of the [0, 1] range (0.55-0.98 measured).
 """
 
 from pathlib import Path
