@@ -412,7 +412,7 @@ def one_sample_ttests(
 
     Returns:
       {"all": {...}, class_name: {...}} with "t", "p" (two-sided), "n" and "mean" each; NaN t and p
-      for fewer than 2 cases.
+      for fewer than 2 cases or constant probabilities (SD < 1e-6, as a collapsed model gives).
     """
     labels = np.asarray(labels)
     p = np.asarray(probs_pos, float)
@@ -421,8 +421,10 @@ def one_sample_ttests(
     out = {}
     for name, x in groups.items():
         t = pval = NAN
-        if len(x) >= 2:
-            with warnings.catch_warnings():  # constant samples: scipy warns and returns NaN
+        # A constant sample has no t statistic. "Constant" is an SD under 1e-6, the resolution of
+        # predictions_<split>.csv: below it, rounding noise would give t = +-1e15 or inf.
+        if len(x) >= 2 and x.std(ddof=1) >= 1e-6:
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 t, pval = stats.ttest_1samp(x, popmean)
         mean = float(x.mean()) if len(x) else NAN

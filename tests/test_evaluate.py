@@ -292,6 +292,15 @@ def test_one_sample_ttests_match_scipy():
     assert "necrosis" in reporting.format_ttests({"ERN-Net": out}, fmt="markdown")
 
 
+def test_one_sample_ttests_of_a_collapsed_model_are_undefined():
+    # Every case gets 0.593 (+ float noise): a collapsed model. No t = 1e15, no p = 0.
+    probs_pos = np.full(6, 0.593) + np.array([0, 1e-17, 0, 0, 2e-17, 0])
+    out = ev.one_sample_ttests(probs_pos, np.array([1, 1, 1, 0, 0, 0]), CLASSES)
+    for group in ("recurrence", "necrosis"):
+        assert math.isnan(out[group]["t"]) and math.isnan(out[group]["p"]), group
+    assert math.isfinite(out["all"]["t"])  # 0.593 and 0.407 vary: a defined test
+
+
 def test_bad_inputs_are_refused_clearly():
     probs, labels, ids = _cohort(n_subjects=3, slices=2)
     bad = probs.copy()
