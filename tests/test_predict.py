@@ -97,3 +97,23 @@ def test_predict_3d_writes_the_map_in_the_scan_space(tmp_path):
     ref = nib.load(folder / f"{sid}_t1c.nii.gz")
     assert cam.shape == ref.shape
     np.testing.assert_allclose(cam.affine, ref.affine, atol=1e-4)
+
+
+def test_predict_a_raw_clinical_case_through_the_runs_preprocessing(run_2d, shared_data, tmp_path):
+    """tcga_fg6692_raw: 4 series on their own 5.5 mm grids, skull on, long scanner names."""
+    raw = shared_data / "tcga_fg6692_raw" / "TCGA-FG-6692"
+    if not raw.is_dir():
+        pytest.skip(f"{raw} not found")
+    run = predict.load_run(run_2d)
+    # As if the run had been trained on a cohort made by `python -m ernjax.preprocess`.
+    run.config.data.preprocess.steps = ("reorient", "n4", "coregister", "mni", "skullstrip")
+    files = {m: next(raw.glob(f"*_{m}.nii.gz")) for m in ("t1", "t2", "t1c")}
+    subject = predict.make_subject(run, "TCGA-FG-6692", files)
+    report = predict.predict(run, subject, tmp_path / "out", max_pngs=2)
+    # No mask: every brain slice of the MNI-registered volume is classified.
+    assert report["n_images"] >= 10
+    assert sum(report["probabilities"].values()) == pytest.approx(1.0)
+    assert report["decision"] in ("necrosis", "recurrence")
+    assert len(report["gradcam"]) == 2
+    saved = (tmp_path / "out" / "report.json").read_text()
+    assert "TCGA-FG-6692" in saved and "OtherEXample" not in saved and str(raw) not in saved
