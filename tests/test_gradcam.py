@@ -2,6 +2,7 @@
 a trained model looking at the right place, the PNG overlays and NIfTI maps in world space."""
 
 import jax
+import model_helpers
 import nibabel as nib
 import numpy as np
 import optax
@@ -9,27 +10,17 @@ import pytest
 from flax import nnx
 from jax import numpy as jnp
 from matplotlib import image as mpimg
+from model_helpers import rand
 
 from ernjax import gradcam as gc
 from ernjax import samples
 from ernjax.cohort import Subject
 from ernjax.defaults import base_config
-from ernjax.models import create_model
 
 
-def build(name="resnet10_tiny", spatial_dims=2, in_channels=2, num_classes=2, **kw):
-    return create_model(
-        name,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        spatial_dims=spatial_dims,
-        rngs=nnx.Rngs(params=0, dropout=1),
-        **kw,
-    )
-
-
-def rand(*shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+def build(name="resnet10_tiny", spatial_dims=2, in_channels=2, **kw):
+    """Two-channel tiny models by default (`model_helpers.build` otherwise)."""
+    return model_helpers.build(name, spatial_dims, in_channels, **kw)
 
 
 def reference_cam(acts, grads, size):

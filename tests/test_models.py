@@ -5,37 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_helpers import build, contract, forward, rand
 
-from ernjax.models import count_params, create_model, model_names
-
-
-# Compiled once per model and shape: eager dispatch would compile every op on its own (slower).
-@nnx.jit
-def forward(model, x):
-    return model(x)
-
-
-@nnx.jit
-def contract(model, x):
-    """Logits, the feature map, classify(features) and d logit_1 / d features."""
-    feats = model.features(x)
-    grads = jax.grad(lambda f: model.classify(f)[:, 1].sum())(feats)
-    return model(x), feats, model.classify(feats), grads
-
-
-def build(name, spatial_dims=2, in_channels=3, num_classes=2, **kw):
-    return create_model(
-        name,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        spatial_dims=spatial_dims,
-        rngs=nnx.Rngs(params=0, dropout=1),
-        **kw,
-    )
-
-
-def rand(*shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+from ernjax.models import count_params, model_names
 
 
 def test_registry_names_and_unknown_name_lists_them():

@@ -9,38 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_helpers import build, contract, forward
 
-from ernjax.models import count_params, create_model, model_names
+from ernjax.models import count_params, model_names
 from ernjax.models.convert import load_state_dict
 from ernjax.models.vgg import adaptive_avg_pool
 
 # Small options for the contract tests: same code paths, seconds to compile.
 VGG_SMALL = dict(hidden_features=32)
 DENSENET_SMALL = dict(block_config=(2, 2, 2, 2), init_features=16, growth_rate=8)
-
-
-@nnx.jit
-def forward(model, x):
-    return model(x)
-
-
-@nnx.jit
-def contract(model, x):
-    """Logits, the feature map, classify(features) and d logit_1 / d features."""
-    feats = model.features(x)
-    grads = jax.grad(lambda f: model.classify(f)[:, 1].sum())(feats)
-    return model(x), feats, model.classify(feats), grads
-
-
-def build(name, spatial_dims=2, in_channels=3, num_classes=2, **kw):
-    return create_model(
-        name,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        spatial_dims=spatial_dims,
-        rngs=nnx.Rngs(params=0, dropout=1),
-        **kw,
-    )
 
 
 def shape_count(name, **kw):
