@@ -47,6 +47,19 @@ def _best_key(metrics: dict) -> tuple[float, int]:
     return (metrics["val_auc"], -metrics["step"])
 
 
+def scored_step(select: str, best: int | None, latest: int | None) -> tuple[int | None, str]:
+    """The step a run is scored and used with, and why (`config.train.select_checkpoint`).
+
+    "best": the best validation AUC step, or the latest when no step has one; "last": the latest.
+    None when there is no checkpoint.
+    """
+    if select == "best" and best is not None:
+        return best, "best validation AUC"
+    if select == "best":
+        return latest, "latest: no validation AUC was defined"
+    return latest, "last (config.train.select_checkpoint)"
+
+
 class Checkpointer:
     """Saves and restores training checkpoints under `directory` (see the module docstring).
 
@@ -100,16 +113,8 @@ class Checkpointer:
         return self._manager.best_step()
 
     def scored_step(self, select: str = "best") -> tuple[int | None, str]:
-        """The step a run is scored and used with, and why (`config.train.select_checkpoint`).
-
-        "best": the best validation AUC, or the latest when no step has one; "last": the latest.
-        None when there is no checkpoint.
-        """
-        if select == "best" and (step := self.best_step()) is not None:
-            return step, "best validation AUC"
-        if select == "best":
-            return self.latest_step(), "latest: no validation AUC was defined"
-        return self.latest_step(), "last (config.train.select_checkpoint)"
+        """The step a run is scored and used with, and why (see `scored_step`)."""
+        return scored_step(select, self.best_step(), self.latest_step())
 
     def all_steps(self) -> list[int]:
         """Returns the steps on disk, oldest first."""

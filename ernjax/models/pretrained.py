@@ -245,6 +245,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, int]:
     """Returns ({"a.b.kernel": array} of the saved model state, the step read)."""
     import orbax.checkpoint as ocp  # only here: reading PyTorch files does not need it
 
+    from ernjax import checkpoints
+
     directory = _checkpoint_dir(path)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     items = ("state", "meta", "config")
@@ -258,8 +260,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, int]:
         meta, config = saved["meta"], json.loads(saved["config"]["json"])
         # The checkpoint the run was scored with (train.select_checkpoint), as predict uses.
         select = config.get("train", {}).get("select_checkpoint", "best")
-        best = meta.get("best_step")
-        step = best if select == "best" and best in steps else latest
+        best = meta.get("best_step") if meta.get("best_step") in steps else None
+        step, _ = checkpoints.scored_step(select, best, latest)
         args = ocp.args.Composite(state=ocp.args.StandardRestore())
         state = mgr.restore(step, args=args)["state"]
     if not isinstance(state, Mapping) or "model" not in state:
