@@ -14,8 +14,6 @@ test predictions can be compared case by case. Written to W:
   - roc_test_image.png / roc_test_subject.png: every run's ROC curve in one figure.
 """
 
-import json
-import math
 from pathlib import Path
 
 from absl import app, flags
@@ -87,11 +85,7 @@ def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
         n: predictions.score(ev, test[n], positive, predictions.thresholds(ev, val[n], positive))
         for n in names
     }
-    flat = reporting.flatten(results)
-    clean = {k: (v if math.isfinite(v) else None) for k, v in flat.items()}
-    (workdir / "compare.json").write_text(json.dumps(clean, indent=1, sort_keys=True))
-    (workdir / "compare.md").write_text(reporting.format_table(results, fmt="markdown"))
-    (workdir / "compare.csv").write_text(reporting.format_table(results, fmt="csv"))
+    reporting.write_tables(workdir, "compare", results)
     (workdir / "delong.md").write_text(delong_table(test, names, positive, ev.subject_method))
     ttests = {
         n: evaluate.one_sample_ttests(

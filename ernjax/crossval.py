@@ -18,8 +18,6 @@ roc_out_of_fold_*.png; with `config.train.select_checkpoint = "last"` no fold's 
 predictions took part in choosing its model, so the pooled figure is unbiased.
 """
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -156,11 +154,7 @@ def ensemble_predictions(
 
 
 def _write(workdir: Path, config, results, curves, roc_name: str, positive: int) -> None:
-    flat = reporting.flatten(results)
-    clean = {key: (v if math.isfinite(v) else None) for key, v in flat.items()}
-    (workdir / "crossval.json").write_text(json.dumps(clean, indent=1, sort_keys=True))
-    (workdir / "crossval.md").write_text(reporting.format_table(results, fmt="markdown"))
-    (workdir / "crossval.csv").write_text(reporting.format_table(results, fmt="csv"))
+    reporting.write_tables(workdir, "crossval", results)
     predictions.plot_rocs(
         curves,
         workdir / roc_name,

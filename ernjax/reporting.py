@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,20 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, numbers.Real):
             out[name] = float(value)
     return out
+
+
+def write_json(path, flat: Mapping[str, float], indent: int = 1) -> None:
+    """Writes flat results as JSON, NaN as null so that any JSON reader takes it."""
+    clean = {k: (v if math.isfinite(v) else None) for k, v in flat.items()}
+    Path(path).write_text(json.dumps(clean, indent=indent, sort_keys=True))
+
+
+def write_tables(directory, stem: str, results: Mapping[str, Mapping]) -> None:
+    """DIRECTORY/<stem>.json (flat numbers), <stem>.md and <stem>.csv (the metrics table)."""
+    directory = Path(directory)
+    write_json(directory / f"{stem}.json", flatten(results))
+    (directory / f"{stem}.md").write_text(format_table(results, fmt="markdown"))
+    (directory / f"{stem}.csv").write_text(format_table(results, fmt="csv"))
 
 
 def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[str, Mapping]]:

@@ -15,7 +15,6 @@ rerun ends with the same parameters as an uninterrupted one.
 """
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ernjax import checkpoints, evaluate, input_pipeline, models, predictions
+from ernjax import checkpoints, evaluate, input_pipeline, models, predictions, reporting
 from ernjax.models import pretrained
 from ernjax.predictions import Predictions
 
@@ -544,8 +543,7 @@ def _final_evaluation(run: _Run) -> dict:
 def _write_results(run: _Run, results: dict) -> None:
     """WORKDIR/results.json (process 0), NaN as null so that any JSON reader takes it."""
     if jax.process_index() == 0:
-        clean = {k: (v if math.isfinite(v) else None) for k, v in results.items()}
-        (run.workdir / "results.json").write_text(json.dumps(clean, indent=2, sort_keys=True))
+        reporting.write_json(run.workdir / "results.json", results, indent=2)
 
 
 # ----------------------------------------------------------------------------- logging
