@@ -34,7 +34,7 @@ def test_counts_on_known_layers():
     expected = 16 * 16 * (8 * 27 + 8 * 9)
     assert me.conv_dense_macs(model, (16, 16), 3) == expected
     assert me.forward_flops(model, (16, 16), 3) == pytest.approx(2 * expected, rel=0.1)
-    assert model.dw.conv_general_dilated is layers.depthwise_conv_general_dilated  # untouched
+    assert model.dw.conv_general_dilated is layers.conv_general_dilated  # untouched
 
 
 def test_xla_skips_padding_taps():

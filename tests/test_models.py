@@ -12,7 +12,14 @@ from ernjax.models import count_params, model_names
 
 def test_registry_names_and_unknown_name_lists_them():
     names = model_names()
-    for expected in ("ern_b0", "ern_b1", "ern_tiny", "resnet10", "resnet50", "resnet10_tiny"):
+    for expected in (
+        "ern_b0",
+        "ern_b1",
+        "ern_tiny",
+        "resnet10",
+        "resnet50",
+        "resnet10_tiny",
+    ):
         assert expected in names
     with pytest.raises(
         ValueError, match=r"unknown model 'vgg99'; known models: .*ern_b0.*resnet10"
@@ -122,16 +129,46 @@ def test_resnet_options_shortcut_a_passes_gradients():
     ],
 )
 def test_depthwise_fast_path_equals_lax(shape, kernel, stride, padding):
-    from ernjax.models.layers import _channels_last_numbers, depthwise_conv_general_dilated
+    c = shape[-1]
+    _check_fast_path_equals_lax(shape, (kernel,) * (len(shape) - 2) + (1, c), stride, padding, c)
 
-    nd, c = len(shape) - 2, shape[-1]
-    x, w = rand(*shape), rand(*(kernel,) * nd, 1, c, seed=1)
-    kw = dict(dimension_numbers=_channels_last_numbers(len(shape)), feature_group_count=c)
-    args = (x, w, (stride,) * nd, padding)
-    fast = jax.jit(lambda a, b: depthwise_conv_general_dilated(a, b, *args[2:], **kw))
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 9, 8, 7, 3), (3, 3, 3), 1, [(1, 1)] * 3),  # ResNet 3x3x3, odd sizes
+        (
+            (2, 9, 8, 7, 3),
+            (3, 3, 3),
+            2,
+            [(1, 1)] * 3,
+        ),  # strided: its input gradient is the slow one
+        ((1, 9, 9, 9, 2), (7, 7, 7), 2, [(3, 3)] * 3),  # DenseNet's 7^3 stride-2 stem
+        ((2, 6, 6, 6, 4), (1, 1, 1), 2, [(0, 0)] * 3),  # type-B shortcut
+        ((1, 8, 7, 6, 2), (3, 1, 5), 2, "SAME"),  # anisotropic kernel, TF padding
+    ],
+)
+def test_3d_fast_path_equals_lax(shape, kernel, stride, padding):
+    _check_fast_path_equals_lax(shape, kernel + (shape[-1], 5), stride, padding, 1)
+
+
+def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
+    from ernjax.models.layers import _channels_last_numbers, conv_general_dilated
+
+    x, w = rand(*shape), rand(*kernel_shape, seed=1)
+    kw = dict(dimension_numbers=_channels_last_numbers(len(shape)), feature_group_count=groups)
+    args = (x, w, (stride,) * (len(shape) - 2), padding)
+    fast = jax.jit(lambda a, b: conv_general_dilated(a, b, *args[2:], **kw))
     ref = jax.jit(lambda a, b: jax.lax.conv_general_dilated(a, b, *args[2:], **kw))
-    np.testing.assert_allclose(fast(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
-    # Gradients too (the training path).
-    grads = [jax.jit(jax.grad(lambda a, b, f=f: f(a, b).sum(), (0, 1)))(x, w) for f in (fast, ref)]
+    # The fast path is taken: no convolution left (depthwise), or only 2D ones (3D).
+    hlo = fast.lower(x, w).as_text()
+    assert ("stablehlo.convolution" not in hlo) if groups > 1 else ("[b, 0, 1, 2, f]" not in hlo)
+    y = ref(x, w)
+    np.testing.assert_allclose(fast(x, w), y, rtol=1e-5, atol=1e-5)
+    # Gradients too (the training path), under a random cotangent.
+    r = rand(*y.shape, seed=2)
+    grads = [
+        jax.jit(jax.grad(lambda a, b, f=f: (f(a, b) * r).sum(), (0, 1)))(x, w) for f in (fast, ref)
+    ]
     for g_fast, g_ref in zip(*grads, strict=True):
         np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)

@@ -25,6 +25,7 @@ from ernjax.models.layers import (
     Classifier,
     batch_norm,
     check_input,
+    conv_general_dilated,
     dense_init_fan_in,
     host_init,
 )
@@ -49,6 +50,7 @@ def _conv(in_f, out_f, kernel, *, stride=1, common):
         padding=[(kernel // 2, kernel // 2)] * nd,
         use_bias=False,
         kernel_init=conv_init_fan_in,
+        conv_general_dilated=conv_general_dilated,  # fast paths on the CPU
         dtype=common["dtype"],
         param_dtype=jnp.float32,
         rngs=common["rngs"],
@@ -163,7 +165,11 @@ class DenseNet(Classifier):
             setattr(self, f"denseblock{i + 1}", block)
             in_f += num_layers * growth_rate
             if i < self.num_blocks - 1:
-                setattr(self, f"transition{i + 1}", Transition(in_f, in_f // 2, common=common))
+                setattr(
+                    self,
+                    f"transition{i + 1}",
+                    Transition(in_f, in_f // 2, common=common),
+                )
                 in_f //= 2
         self.norm5 = batch_norm(in_f, **_BN, dtype=dtype, rngs=rngs)
         self._init_head(in_f, num_classes, dropout, dense_init_fan_in, rngs)

@@ -56,46 +56,58 @@ dense_init_fan_in = host_init(
 )
 
 
-def depthwise_conv_general_dilated(
+def conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kwargs
 ) -> jax.Array:
-    """`lax.conv_general_dilated` with a fast path for depthwise convs on the CPU.
+    """`lax.conv_general_dilated` with fast paths for the convs XLA:CPU runs slowly.
 
-    XLA:CPU runs grouped convolutions with one channel per group 7-60x slower than oneDNN
-    (PyTorch) and their input gradients slower still; the same conv written as a sum of k^d
-    shifted, strided slices of the padded input times per-channel weights fuses into one
-    elementwise loop and is about 15x faster forward and 7-10x faster backward (measured on a
-    2-core CPU, EfficientNet-B0 shapes). Same result to float rounding; on other backends, or
-    for anything but an undilated channels-last depthwise conv, this is plain lax.
+    On the CPU backend, for an undilated channels-last conv (Flax's layout):
+    - a depthwise conv runs as a sum of shifted slices (`_depthwise_by_slices`);
+    - a dense 3D conv runs as one 2D conv with the depth taps folded into the channels
+      (`_conv3d_by_2d`).
+    Anything else, and everything on other backends, is plain lax. Same result to float
+    rounding; `tests/test_models.py` checks values and gradients against lax.
 
     Args:
-      lhs: input, channels-last [B, *spatial, C] (Flax's layout).
-      rhs: kernel [*kernel, 1, C].
+      lhs: input [B, *spatial, C].
+      rhs: kernel [*kernel, C / groups, O].
       window_strides: per-axis strides.
       padding: "SAME", "VALID" or per-axis (low, high) pairs.
-      lhs_dilation: must be None/ones for the fast path.
-      rhs_dilation: must be None/ones for the fast path.
+      lhs_dilation: must be None/ones for a fast path.
+      rhs_dilation: must be None/ones for a fast path.
       **kwargs: the rest of lax.conv_general_dilated's keywords.
 
     Returns:
       The convolution output.
     """
-    nd = lhs.ndim - 2
-    groups = kwargs.get("feature_group_count", 1)
-    fast = (
+    plain = (
         jax.default_backend() == "cpu"
-        and rhs.shape[-2] == 1
-        and groups == lhs.shape[-1] == rhs.shape[-1]
         and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
         and kwargs.get("dimension_numbers") == _channels_last_numbers(lhs.ndim)
+        and kwargs.get("batch_group_count", 1) == 1
     )
-    if not fast:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
-        )
+    groups = kwargs.get("feature_group_count", 1)
+    if plain and isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
+    if plain and rhs.shape[-2] == 1 and groups == lhs.shape[-1] == rhs.shape[-1]:
+        return _depthwise_by_slices(lhs, rhs, window_strides, padding)
+    if plain and groups == 1 and lhs.ndim == 5:
+        return _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs)
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
+    )
+
+
+def _depthwise_by_slices(lhs, rhs, window_strides, padding):
+    """A depthwise conv as a sum of k^d shifted, strided slices times per-channel weights.
+
+    XLA:CPU runs grouped convolutions with one channel per group 7-60x slower than oneDNN
+    (PyTorch) and their input gradients slower still; this form fuses into one elementwise loop
+    and is about 15x faster forward and 7-10x faster backward (measured on a 2-core CPU,
+    EfficientNet-B0 shapes).
+    """
+    nd = lhs.ndim - 2
     kernel = rhs.shape[:nd]
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding)
     x = jnp.pad(lhs, [(0, 0), *padding, (0, 0)])
     out = [(x.shape[1 + a] - kernel[a]) // window_strides[a] + 1 for a in range(nd)]
     acc_dtype = jnp.promote_types(lhs.dtype, jnp.float32)  # bfloat16 sums in float32
@@ -107,6 +119,35 @@ def depthwise_conv_general_dilated(
         )
         y = y + x[(slice(None), *window)].astype(acc_dtype) * rhs[(*tap, 0)].astype(acc_dtype)
     return y.astype(lhs.dtype)
+
+
+def _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs):
+    """A dense 3D conv as one 2D conv over (H, W) whose channels are the kd depth taps.
+
+    The kd depth-shifted (and depth-strided) copies of the input are stacked on the channel
+    axis and the depth axis is folded into the batch, so the kernel [kd, kh, kw, I, O] becomes
+    a 2D kernel [kh, kw, kd * I, O]. XLA:CPU runs 2D convs and their gradients on much faster
+    paths than 3D ones: on a 2-core CPU, MONAI ResNet-10 shapes at 64^3, the 3x3x3 stride-2
+    conv's input gradient is 30x faster this way, 3x3x3 stride-1 convs 1.5-2.3x and the 7^3 stem
+    1.7x (forward and weight gradient). The stacked copy holds kd times the input; XLA's planned
+    peak memory of a MONAI ResNet-10 train step (64^3, batch 2) grows 7% (1.41 -> 1.51 GiB), and
+    recomputing the copy in the backward pass (`jax.checkpoint`) did not lower it.
+    """
+    (pd, ph, pw), (sd, sh, sw) = padding, window_strides
+    kd = rhs.shape[0]
+    x = jnp.pad(lhs, [(0, 0), pd, (0, 0), (0, 0), (0, 0)])
+    depth = (x.shape[1] - kd) // sd + 1
+    taps = [x[:, t : t + (depth - 1) * sd + 1 : sd] for t in range(kd)]
+    x = jnp.concatenate(taps, axis=-1)  # [B, D', H, W, kd * I], tap-major
+    w = jnp.moveaxis(rhs, 0, 2).reshape(*rhs.shape[1:3], -1, rhs.shape[-1])  # same order
+    y = jax.lax.conv_general_dilated(
+        x.reshape(x.shape[0] * depth, *x.shape[2:]),  # no -1: sizes may be 0
+        w,
+        (sh, sw),
+        (ph, pw),
+        **{**kwargs, "dimension_numbers": _channels_last_numbers(4)},
+    )
+    return y.reshape(lhs.shape[0], depth, *y.shape[1:])
 
 
 def _channels_last_numbers(ndim: int):
@@ -156,9 +197,7 @@ def conv(
         padding=padding,
         feature_group_count=groups,
         use_bias=use_bias,
-        conv_general_dilated=depthwise_conv_general_dilated
-        if groups > 1
-        else jax.lax.conv_general_dilated,
+        conv_general_dilated=conv_general_dilated,
         kernel_init=conv_init,
         dtype=dtype,
         param_dtype=jnp.float32,
