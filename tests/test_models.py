@@ -172,3 +172,42 @@ def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
     ]
     for g_fast, g_ref in zip(*grads, strict=True):
         np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, window, stride, padding",
+    [
+        ((2, 9, 8, 3), 3, 2, 1),  # ResNet/DenseNet's pool, 2D, odd size
+        ((1, 7, 6, 5, 2), 3, 2, 1),  # 3D
+        ((2, 8, 6, 3), 2, 2, 0),  # VGG's
+        ((1, 9, 9, 2), 3, 2, 0),  # Inception's (VALID)
+    ],
+)
+def test_max_pool_equals_nnx_with_pytorchs_gradient_routing(shape, window, stride, padding):
+    torch = pytest.importorskip("torch")
+    from ernjax.models.layers import max_pool
+
+    nd = len(shape) - 2
+    kw = dict(strides=(stride,) * nd, padding=[(padding, padding)] * nd)
+    ref = lambda v: nnx.max_pool(v, (window,) * nd, **kw)  # noqa: E731
+    ours = lambda v: max_pool(v, window, stride, padding)  # noqa: E731
+    # Ties everywhere (ReLU zeros, repeated values), as after a ReLU: PyTorch sends a window's
+    # gradient to its first maximum in scan order, and so must we.
+    x = jnp.maximum(jnp.round(rand(*shape) * 2) / 2, 0)
+    y = ref(x)
+    np.testing.assert_array_equal(jax.jit(ours)(x), y)
+    r = rand(*y.shape, seed=3)
+    grad = jax.jit(jax.grad(lambda v: (ours(v) * r).sum()))(x)
+    tx = torch.tensor(np.moveaxis(np.asarray(x), -1, 1).copy(), requires_grad=True)
+    pool = torch.nn.functional.max_pool3d if nd == 3 else torch.nn.functional.max_pool2d
+    out = pool(tx, window, stride, padding)
+    (out * torch.tensor(np.moveaxis(np.asarray(r), -1, 1).copy())).sum().backward()
+    np.testing.assert_allclose(grad, np.moveaxis(tx.grad.numpy(), 1, -1), rtol=1e-6, atol=1e-6)
+    # Without ties, the same gradient as lax's reduce_window.
+    x = rand(*shape, seed=4)
+    np.testing.assert_allclose(
+        jax.grad(lambda v: (ours(v) * r).sum())(x),
+        jax.grad(lambda v: (ref(v) * r).sum())(x),
+        rtol=1e-6,
+        atol=1e-6,
+    )

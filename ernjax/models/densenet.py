@@ -28,6 +28,7 @@ from ernjax.models.layers import (
     conv_general_dilated,
     dense_init_fan_in,
     host_init,
+    max_pool,
 )
 
 # PyTorch BatchNorm defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
@@ -177,9 +178,8 @@ class DenseNet(Classifier):
     def features(self, x: jax.Array) -> jax.Array:
         """Returns relu(norm5(...)), [B, *spatial/32, F] (Grad-CAM's target)."""
         check_input(x, self.spatial_dims, self.in_channels, "DenseNet")
-        nd = self.spatial_dims
         x = jax.nn.relu(self.norm0(self.conv0(x)))
-        x = nnx.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
+        x = max_pool(x, 3, 2, padding=1)
         for i in range(self.num_blocks):
             x = getattr(self, f"denseblock{i + 1}")(x)
             if i < self.num_blocks - 1:

@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ernjax.models.layers import Classifier, batch_norm, check_input, conv_init, dense_init_fan_in
+from ernjax.models.layers import (
+    Classifier,
+    batch_norm,
+    check_input,
+    conv_init,
+    dense_init_fan_in,
+    max_pool,
+)
 
 # torchvision/timm BasicConv2d: BatchNorm eps 1e-3, PyTorch momentum 0.1 (Flax 0.9).
 _BN = dict(momentum=0.9, epsilon=1e-3)
@@ -69,7 +76,7 @@ def _avg_pool(x):
 
 
 def _max_pool(x):
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool(x, 3, 2)
 
 
 class Mixed(nnx.Module):

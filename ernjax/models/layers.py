@@ -5,6 +5,7 @@ of a conv is simply a tuple of `spatial_dims` sizes. Parameters are always float
 the compute dtype (float32 or bfloat16).
 """
 
+import functools
 import itertools
 
 import jax
@@ -148,6 +149,77 @@ def _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs):
         **{**kwargs, "dimension_numbers": _channels_last_numbers(4)},
     )
     return y.reshape(lhs.shape[0], depth, *y.shape[1:])
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """Max pooling over every spatial axis of a channels-last [B, *spatial, C] batch.
+
+    On the CPU the gradient is `_max_pool_bwd`'s: XLA:CPU computes the gradient of
+    `lax.reduce_window` max with a variadic reduce-window that carries one int32 index array per
+    axis, 4-5x slower than PyTorch's max_pool3d backward (MONAI ResNet-10 at 64^3: 0.81 s
+    against 0.18 s for forward and backward, 15% of the train step). The forward is
+    `nnx.max_pool` everywhere. A window's gradient goes to one maximum, the first in PyTorch's
+    scan order on the CPU.
+
+    Args:
+      x: the batch.
+      window: window edge, the same along every spatial axis.
+      stride: stride along every spatial axis.
+      padding: symmetric padding with -inf on both sides of every spatial axis (PyTorch's).
+
+    Returns:
+      The pooled batch.
+    """
+    if jax.default_backend() != "cpu":
+        return _reduce_window_max(x, window, stride, padding)
+    return _max_pool_cpu(x, window, stride, padding)
+
+
+def _reduce_window_max(x, window, stride, padding):
+    nd = x.ndim - 2
+    pads = [(padding, padding)] * nd
+    return nnx.max_pool(x, (window,) * nd, strides=(stride,) * nd, padding=pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_cpu(x, window, stride, padding):
+    return _reduce_window_max(x, window, stride, padding)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    y = _reduce_window_max(x, window, stride, padding)
+    nd = x.ndim - 2
+    xp = jnp.pad(x, [(0, 0), *[(padding, padding)] * nd, (0, 0)], constant_values=-jnp.inf)
+    # Which tap of its window each output took its maximum from: the first one, in PyTorch's
+    # scan order. One fused loop over the k^d strided slices of the padded input.
+    first = jnp.full(y.shape, window**nd, jnp.int32)
+    for i, tap in reversed(list(enumerate(itertools.product(range(window), repeat=nd)))):
+        window_slice = tuple(
+            slice(t, t + (o - 1) * stride + 1, stride)
+            for t, o in zip(tap, y.shape[1:-1], strict=True)
+        )
+        first = jnp.where(xp[(slice(None), *window_slice)] == y, i, first)
+    return y, (first.astype(jnp.int16), x.shape)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+    first, shape = residuals
+    nd = len(shape) - 2
+    padded = [s + 2 * padding for s in shape[1:-1]]
+    dx = jnp.zeros((shape[0], *padded, shape[-1]), g.dtype)
+    for i, tap in enumerate(itertools.product(range(window), repeat=nd)):
+        # The transpose of a strided slice: zeros between (interior) and around (low, high).
+        config = [(0, 0, 0)]
+        for a, t in enumerate(tap):
+            high = padded[a] - t - (g.shape[1 + a] - 1) * stride - 1
+            config.append((t, high, stride - 1))
+        config.append((0, 0, 0))
+        dx = dx + jax.lax.pad(jnp.where(first == i, g, 0), jnp.zeros((), g.dtype), config)
+    inner = tuple(slice(padding, padding + s) for s in shape[1:-1])
+    return (dx[(slice(None), *inner)],)
+
+
+_max_pool_cpu.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _channels_last_numbers(ndim: int):

@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ernjax.models.layers import Classifier, batch_norm, check_input, conv, dense_init_fan_in
+from ernjax.models.layers import (
+    Classifier,
+    batch_norm,
+    check_input,
+    conv,
+    dense_init_fan_in,
+    max_pool,
+)
 
 # PyTorch BatchNorm defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
 _BN = dict(momentum=0.9, epsilon=1e-5)
@@ -176,8 +183,7 @@ class ResNet(Classifier):
         check_input(x, self.spatial_dims, self.in_channels, "ResNet")
         x = jax.nn.relu(self.bn1(self.conv1(x)))
         if not self.no_max_pool:
-            nd = self.spatial_dims
-            x = nnx.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)
+            x = max_pool(x, 3, 2, padding=1)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in stage:
                 x = blk(x)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from ernjax.models import layers
-from ernjax.models.layers import Classifier, check_input, conv, host_init
+from ernjax.models.layers import Classifier, check_input, conv, host_init, max_pool
 
 # Paper Table 1: widths of the 3x3 convs, "M" a 2x2 stride-2 max pool.
 CONFIGS = {
@@ -119,14 +119,13 @@ class VGG(Classifier):
     def features(self, x: jax.Array) -> jax.Array:
         """Returns the last conv's ReLU output [B, *spatial/16, 512], before the last pool."""
         check_input(x, self.spatial_dims, self.in_channels, "VGG")
-        nd = self.spatial_dims
         for op in self.plan[:-1]:  # the trunk ends with a pool: classify applies it
             if op[0] in ("conv", "bn"):
                 x = self.trunk[op[1]](x)
             elif op[0] == "relu":
                 x = jax.nn.relu(x)
             else:
-                x = nnx.max_pool(x, (2,) * nd, strides=(2,) * nd)
+                x = max_pool(x, 2, 2)
         return x
 
     def classify(self, features: jax.Array) -> jax.Array:
@@ -138,8 +137,7 @@ class VGG(Classifier):
         Returns:
           Float32 logits [B, num_classes].
         """
-        nd = self.spatial_dims
-        x = nnx.max_pool(features, (2,) * nd, strides=(2,) * nd).astype(jnp.float32)
+        x = max_pool(features, 2, 2).astype(jnp.float32)
         x = adaptive_avg_pool(x, self.pool_size)
         # Flatten channels-first, as torch.flatten on NC[D]HW: torchvision weights then load.
         x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)
