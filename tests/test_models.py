@@ -144,12 +144,18 @@ def test_depthwise_fast_path_equals_lax(shape, kernel, stride, padding):
             [(1, 1)] * 3,
         ),  # strided: its input gradient is the slow one
         ((1, 9, 9, 9, 2), (7, 7, 7), 2, [(3, 3)] * 3),  # DenseNet's 7^3 stride-2 stem
-        ((2, 6, 6, 6, 4), (1, 1, 1), 2, [(0, 0)] * 3),  # type-B shortcut
+        ((2, 6, 6, 6, 4), (1, 1, 1), 2, [(0, 0)] * 3),  # type-B shortcut (a dot)
+        ((2, 6, 6, 6, 4), (1, 1, 1), 1, "VALID"),  # DenseNet's bottleneck (a dot)
         ((1, 8, 7, 6, 2), (3, 1, 5), 2, "SAME"),  # anisotropic kernel, TF padding
     ],
 )
 def test_3d_fast_path_equals_lax(shape, kernel, stride, padding):
     _check_fast_path_equals_lax(shape, kernel + (shape[-1], 5), stride, padding, 1)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, "SAME"), (2, [(0, 0), (0, 0)]), (2, "SAME")])
+def test_2d_pointwise_fast_path_equals_lax(stride, padding):
+    _check_fast_path_equals_lax((2, 7, 6, 4), (1, 1, 4, 5), stride, padding, 1)
 
 
 def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
@@ -160,9 +166,14 @@ def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
     args = (x, w, (stride,) * (len(shape) - 2), padding)
     fast = jax.jit(lambda a, b: conv_general_dilated(a, b, *args[2:], **kw))
     ref = jax.jit(lambda a, b: jax.lax.conv_general_dilated(a, b, *args[2:], **kw))
-    # The fast path is taken: no convolution left (depthwise), or only 2D ones (3D).
+    # The fast path is taken: no convolution left (depthwise, 1x1), or only 2D ones (3D).
     hlo = fast.lower(x, w).as_text()
-    assert ("stablehlo.convolution" not in hlo) if groups > 1 else ("[b, 0, 1, 2, f]" not in hlo)
+    pointwise = set(kernel_shape[:-2]) == {1}
+    assert (
+        ("stablehlo.convolution" not in hlo)
+        if groups > 1 or pointwise
+        else ("[b, 0, 1, 2, f]" not in hlo)
+    )
     y = ref(x, w)
     np.testing.assert_allclose(fast(x, w), y, rtol=1e-5, atol=1e-5)
     # Gradients too (the training path), under a random cotangent.

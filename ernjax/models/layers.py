@@ -64,7 +64,8 @@ def conv_general_dilated(
 
     On the CPU backend, for an undilated channels-last conv (Flax's layout):
     - a depthwise conv runs as a sum of shifted slices (`_depthwise_by_slices`);
-    - a dense 3D conv runs as one 2D conv with the depth taps folded into the channels
+    - a 1x1 conv runs as a matrix product (`_pointwise_by_dot`);
+    - any other dense 3D conv runs as one 2D conv with the depth taps folded into the channels
       (`_conv3d_by_2d`).
     Anything else, and everything on other backends, is plain lax. Same result to float
     rounding; `tests/test_models.py` checks values and gradients against lax.
@@ -87,16 +88,21 @@ def conv_general_dilated(
         and kwargs.get("dimension_numbers") == _channels_last_numbers(lhs.ndim)
         and kwargs.get("batch_group_count", 1) == 1
     )
-    groups = kwargs.get("feature_group_count", 1)
-    if plain and isinstance(padding, str):
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
+        )
+    if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
-    if plain and rhs.shape[-2] == 1 and groups == lhs.shape[-1] == rhs.shape[-1]:
+    padding = [tuple(p) for p in padding]
+    groups = kwargs.get("feature_group_count", 1)
+    if rhs.shape[-2] == 1 and groups == lhs.shape[-1] == rhs.shape[-1]:
         return _depthwise_by_slices(lhs, rhs, window_strides, padding)
-    if plain and groups == 1 and lhs.ndim == 5:
+    if groups == 1 and set(rhs.shape[:-2]) == {1} and set(padding) == {(0, 0)}:
+        return _pointwise_by_dot(lhs, rhs, window_strides, kwargs)
+    if groups == 1 and lhs.ndim == 5:
         return _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs)
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
-    )
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
 
 def _depthwise_by_slices(lhs, rhs, window_strides, padding):
@@ -120,6 +126,24 @@ def _depthwise_by_slices(lhs, rhs, window_strides, padding):
         )
         y = y + x[(slice(None), *window)].astype(acc_dtype) * rhs[(*tap, 0)].astype(acc_dtype)
     return y.astype(lhs.dtype)
+
+
+def _pointwise_by_dot(lhs, rhs, window_strides, kwargs):
+    """A 1x1 conv as a matrix product over the channel axis (after the stride's subsampling).
+
+    XLA:CPU turns the gradients of a 1x1 conv into convolutions whose window spans the whole
+    image and runs them 30-60x slower than the equivalent matrix products (EfficientNet-B1 at
+    224 px, batch 16: the 16 -> 96 expansion's weight gradient took 290 ms, its input gradient
+    206 ms).
+    """
+    x = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
+    return jnp.einsum(
+        "...i,io->...o",
+        x,
+        rhs.reshape(rhs.shape[-2:]),
+        precision=kwargs.get("precision"),
+        preferred_element_type=kwargs.get("preferred_element_type"),
+    )
 
 
 def _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs):
