@@ -117,9 +117,9 @@ def conv_dense_macs(model: nnx.Module, shape: tuple[int, ...], channels: int) ->
 
     This is what the papers' "FLOPs" count (Tan & Le 2019, He 2016, torchvision's tables): one
     per multiply-add of a conv or dense layer, nothing for BatchNorm, activations, pooling or the
-    squeeze-excitation gating. On the CPU the depthwise convs run as sums of shifted slices and
-    the 3D convs as 2D convs (`layers.conv_general_dilated`), which would count wrongly, so a copy
-    of the model is traced with plain `lax.conv_general_dilated` everywhere.
+    squeeze-excitation gating. On the CPU the depthwise convs run as sums of shifted slices, the
+    1x1 convs as dots and the other 3D convs as 2D convs (`layers.conv_general_dilated`), which
+    would count wrongly, so a copy of the model is traced with plain `lax.conv_general_dilated`.
 
     Args:
       model: the network (not modified).
