@@ -12,14 +12,7 @@ from ernjax.models import count_params, model_names
 
 def test_registry_names_and_unknown_name_lists_them():
     names = model_names()
-    for expected in (
-        "ern_b0",
-        "ern_b1",
-        "ern_tiny",
-        "resnet10",
-        "resnet50",
-        "resnet10_tiny",
-    ):
+    for expected in ("ern_b0", "ern_b1", "ern_tiny", "resnet10", "resnet50", "resnet10_tiny"):
         assert expected in names
     with pytest.raises(
         ValueError, match=r"unknown model 'vgg99'; known models: .*ern_b0.*resnet10"
@@ -137,12 +130,7 @@ def test_depthwise_fast_path_equals_lax(shape, kernel, stride, padding):
     "shape, kernel, stride, padding",
     [
         ((2, 9, 8, 7, 3), (3, 3, 3), 1, [(1, 1)] * 3),  # ResNet 3x3x3, odd sizes
-        (
-            (2, 9, 8, 7, 3),
-            (3, 3, 3),
-            2,
-            [(1, 1)] * 3,
-        ),  # strided: its input gradient is the slow one
+        ((2, 9, 8, 7, 3), (3, 3, 3), 2, [(1, 1)] * 3),  # strided: the slow input gradient
         ((1, 9, 9, 9, 2), (7, 7, 7), 2, [(3, 3)] * 3),  # DenseNet's 7^3 stride-2 stem
         ((2, 6, 6, 6, 4), (1, 1, 1), 2, [(0, 0)] * 3),  # type-B shortcut (a dot)
         ((2, 6, 6, 6, 4), (1, 1, 1), 1, "VALID"),  # DenseNet's bottleneck (a dot)

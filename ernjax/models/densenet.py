@@ -166,11 +166,7 @@ class DenseNet(Classifier):
             setattr(self, f"denseblock{i + 1}", block)
             in_f += num_layers * growth_rate
             if i < self.num_blocks - 1:
-                setattr(
-                    self,
-                    f"transition{i + 1}",
-                    Transition(in_f, in_f // 2, common=common),
-                )
+                setattr(self, f"transition{i + 1}", Transition(in_f, in_f // 2, common=common))
                 in_f //= 2
         self.norm5 = batch_norm(in_f, **_BN, dtype=dtype, rngs=rngs)
         self._init_head(in_f, num_classes, dropout, dense_init_fan_in, rngs)
