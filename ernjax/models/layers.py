@@ -120,12 +120,17 @@ def _depthwise_by_slices(lhs, rhs, window_strides, padding):
     acc_dtype = jnp.promote_types(lhs.dtype, jnp.float32)  # bfloat16 sums in float32
     y = jnp.zeros((x.shape[0], *out, x.shape[-1]), acc_dtype)
     for tap in itertools.product(*(range(k) for k in kernel)):
-        window = tuple(
-            slice(t, t + (o - 1) * s + 1, s)
-            for t, o, s in zip(tap, out, window_strides, strict=True)
-        )
-        y = y + x[(slice(None), *window)].astype(acc_dtype) * rhs[(*tap, 0)].astype(acc_dtype)
+        tap_slice = x[_window(tap, out, window_strides)]
+        y = y + tap_slice.astype(acc_dtype) * rhs[(*tap, 0)].astype(acc_dtype)
     return y.astype(lhs.dtype)
+
+
+def _window(tap, out, strides):
+    """Index of what kernel tap `tap` sees of a padded [B, *spatial, C] input, for `out` outputs."""
+    return (
+        slice(None),
+        *(slice(t, t + (o - 1) * s + 1, s) for t, o, s in zip(tap, out, strides, strict=True)),
+    )
 
 
 def _pointwise_by_dot(lhs, rhs, window_strides, kwargs):
@@ -219,11 +224,7 @@ def _max_pool_fwd(x, window, stride, padding):
     # scan order. One fused loop over the k^d strided slices of the padded input.
     first = jnp.full(y.shape, window**nd, jnp.int32)
     for i, tap in reversed(list(enumerate(itertools.product(range(window), repeat=nd)))):
-        window_slice = tuple(
-            slice(t, t + (o - 1) * stride + 1, stride)
-            for t, o in zip(tap, y.shape[1:-1], strict=True)
-        )
-        first = jnp.where(xp[(slice(None), *window_slice)] == y, i, first)
+        first = jnp.where(xp[_window(tap, y.shape[1:-1], (stride,) * nd)] == y, i, first)
     return y, (first.astype(jnp.int16), x.shape)
 
 
