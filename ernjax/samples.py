@@ -9,7 +9,9 @@ Geometry before sampling (issue "data"), in this order:
    them), as Gao 2020 classified the acquired slices;
 3. every modality whose grid differs is interpolated once (linear), straight from its own grid
    onto the sampling grid, after checking that it covers at least half of it; the lesion mask
-   with nearest neighbour;
+   with nearest neighbour, after `geometry.check_mask_grid`: on an image's grid (same shape,
+   affine within 1e-3 mm) it is taken voxel for voxel, with that image's affine but another
+   shape it is refused, on another grid it is resampled from its own affine, the overlap logged;
 4. crop to the bounding box of the reference's non-zero region (the brain in a skull-stripped
    scan) plus `MARGIN` voxels; slices2d keeps every axial slice;
 5. normalize each channel inside that region (`data.normalize`: min-max to [0, 1] as Ying 2025,
@@ -34,7 +36,7 @@ from ernjax.preprocess import geometry as geo
 
 MIN_COVERAGE = 0.5  # fraction of the reference grid every other modality must cover
 MARGIN = 2  # voxels kept around the brain's bounding box
-SAME_GRID_MM = 1e-3  # affines closer than this (float noise in headers) count as one grid
+SAME_GRID_MM = geo.SAME_GRID_MM  # affines closer than this (float noise in headers): one grid
 MIN_BRAIN_AREA = 0.1  # without slice list or mask: slices with >= 10% of the largest brain area
 
 
@@ -109,8 +111,9 @@ def _onto_grid(subject, data) -> tuple[dict[str, geo.Image], geo.Image | None, t
         imgs[m] = geo.resample(im, shape, affine, order=1)
     mask = None
     if subject.mask is not None:
-        m = geo.reorient_canonical(geo.load_image(subject.mask, sid, allow_empty=True))
-        mask = geo.resample(m, shape, affine, order=0)
+        m = geo.load_image(subject.mask, sid, allow_empty=True)
+        m = geo.check_mask_grid(m, raw, data.reference, sid, subject.mask)
+        mask = geo.resample(geo.reorient_canonical(m), shape, affine, order=0)
     return imgs, mask, slices
 
 
@@ -140,8 +143,9 @@ def load_subject(subject, data) -> SubjectVolume:
       The SubjectVolume.
 
     Raises:
-      InputError: unreadable or invalid images, fields of view that cannot be aligned, an empty
-        lesion mask where the mask is the source of the lesion slices.
+      InputError: unreadable or invalid images, fields of view that cannot be aligned, a lesion
+        mask with an image's affine but another shape or outside the reference's field of
+        view, an empty lesion mask where the mask is the source of the lesion slices.
       ValueError: a configuration that does not fit (unknown channel, wrong shape length).
     """
     imgs, mask, slices = _onto_grid(subject, data)

@@ -117,3 +117,17 @@ def test_predict_a_raw_clinical_case_through_the_runs_preprocessing(run_2d, shar
     assert len(report["gradcam"]) == 2
     saved = (tmp_path / "out" / "report.json").read_text()
     assert "TCGA-FG-6692" in saved and "OtherEXample" not in saved and str(raw) not in saved
+
+
+def test_predict_refuses_a_mask_from_another_grid(run_2d, tmp_path):
+    run = predict.load_run(run_2d)
+    sid = _test_subject(run_2d)
+    folder = run_2d / "synthetic_cohort" / sid
+    files = {m: folder / f"{sid}_{m}.nii.gz" for m in ("t1", "t2", "t1c")}
+    img = nib.load(folder / f"{sid}_mask.nii.gz")
+    bad = tmp_path / "lesion.nii.gz"  # the case: half the shape under the image's header
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2, ::2, ::2], img.affine), bad)
+    subject = predict.make_subject(run, "P1", files, mask=bad)
+    with pytest.raises(InputError, match=r"subject P1, file .*lesion.nii.gz: the lesion mask has"):
+        predict.predict(run, subject, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.json").exists()

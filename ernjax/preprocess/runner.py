@@ -31,7 +31,7 @@ import numpy as np
 
 from ernjax.errors import InputError
 from ernjax.preprocess import pipeline, qc
-from ernjax.preprocess.geometry import Image, load_image, save_image
+from ernjax.preprocess.geometry import Image, check_mask_grid, load_image, save_image
 
 WORK_DIR = ".preprocess"  # hidden, so that it is never taken for a subject folder
 
@@ -92,12 +92,15 @@ def _load(task: dict) -> pipeline.State:
     subject = task["subject"]
     images = {m: load_image(p, subject) for m, p in task["files"].items()}
     lesion, lesion_on = None, ""
+    reference = pipeline.choose_reference(images, task["settings"].reference_priority)
     if task["mask"]:
         lesion = load_image(task["mask"], subject, allow_empty=True)
+        # an image's affine on another shape, or no overlap: refused; another grid: logged
+        lesion = check_mask_grid(lesion, images, reference, subject, task["mask"])
         on = [m for m, im in images.items() if _same_grid(im, lesion)]
         lesion_on = on[0] if on else ""
     state = pipeline.State(images, lesion, lesion_on)
-    state.reference = pipeline.choose_reference(images, task["settings"].reference_priority)
+    state.reference = reference
     state.lesion_on = state.lesion_on or state.reference
     return state
 
