@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "pandas==3.1.1",
     "pydicom==3.0.2",
+    "dcm2niix==1.0.20260724",  # DICOM -> NIfTI (its binary ships in the wheel)
 ]
 
 EXTRAS_REQUIRE = {

@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
             crop_margin=4,  # voxels kept around the brain by the "crop" step
             dicom_map="",  # CSV series_description,modality (or JSON) overriding the guesses
             dicom_min_slices=32,  # series with fewer slices are reported (Ying 2025 excluded them)
+            # A corrupt DICOM file refuses its subject; True: its series is converted without it
+            # (a missing inner slice interpolated from its neighbours) and the file is reported.
+            dicom_skip_corrupt_slices=False,
             qc=True,  # per-subject QC PNGs and an index, outliers first
         )
     )

@@ -36,6 +36,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("workers", 1, "Subjects processed in parallel.")
 flags.DEFINE_bool("labels_required", False, "Require labels.csv to list every subject.")
+flags.DEFINE_bool(
+    "skip_corrupt_slices",
+    None,
+    "DICOM: convert a series without its corrupt files (reported in dicom_report.csv) instead "
+    "of refusing the subject. Default: config.data.preprocess.dicom_skip_corrupt_slices.",
+)
 config_flags.DEFINE_config_file("config", "configs/ern.py", "Configuration file (data.preprocess).")
 flags.mark_flags_as_required(["cohort_dir", "out_dir"])
 
@@ -59,6 +65,8 @@ def main(argv):
     config = FLAGS.config
     settings = config.data.preprocess.to_dict()
     settings["steps"] = tuple(FLAGS.steps or settings["steps"] or pipeline.STEPS)
+    if FLAGS.skip_corrupt_slices is not None:
+        settings["dicom_skip_corrupt_slices"] = FLAGS.skip_corrupt_slices
     summary = runner.preprocess_cohort(
         FLAGS.cohort_dir,
         FLAGS.out_dir,

@@ -228,14 +228,16 @@ def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_requ
     from ernjax import cohort as cohort_lib
     from ernjax.preprocess import dicom
 
+    staging = None
     if dicom.is_dicom_cohort(cohort_dir):
         staging = out_dir / WORK_DIR / "dicom_nifti"
-        dicom.convert_cohort(
+        conversion = dicom.convert_cohort(
             cohort_dir,
             staging,
             names=tuple(modalities),
             mapping_file=settings.dicom_map,
             min_slices=settings.dicom_min_slices,
+            skip_corrupt=getattr(settings, "dicom_skip_corrupt_slices", False),
         )
         modalities = {m: f"*_{m}.nii.gz" for m in modalities}
         cohort_dir = staging
@@ -246,6 +248,11 @@ def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_requ
         on_error="skip",
         labels_required=labels_required,
     )
+    if staging is not None:  # a subject refused by the DICOM conversion has no folder: failed
+        found.skipped.extend(
+            {"subject_id": s, "path": e.path, "problem": e.problem}
+            for s, e in conversion.failed.items()
+        )
     return found, cohort_dir
 
 
