@@ -4,13 +4,17 @@ A cohort is a folder holding `labels.csv` (columns `subject_id,label`; any other
 metadata) and one folder per subject. Each modality is found by a glob relative to the subject
 folder (`**` recurses); exactly one file must match. Hidden files (names starting with ".", such
 as the `._name.nii.gz` files macOS leaves on shared drives) never match, and folders whose names
-start with "." or "_" are not subjects.
+start with "." or "_" are not subjects. labels.csv is UTF-8; subject IDs and folder names are
+compared in Unicode's composed form (NFC), so a folder copied from macOS, which stores "ë" as "e"
+plus a combining mark, still matches the ID typed in labels.csv.
 """
 
 import csv
 import dataclasses
+import io
 import logging
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -111,26 +115,46 @@ def parse_slices(text: str, subject: str, path) -> tuple[int, ...] | None:
 def read_labels(path: Path) -> list[dict[str, str]]:
     """Reads labels.csv into rows of stripped strings (a UTF-8 BOM from Excel is fine).
 
+    Subject IDs are returned in Unicode's composed form (NFC).
+
     Raises:
-      InputError: no subject_id/label columns, or a row without a subject_id.
+      InputError: not UTF-8 text, no subject_id/label columns, or a row without a subject_id.
     """
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        if not {"subject_id", "label"} <= set(cols):
-            raise InputError("", path, f"needs the columns subject_id,label (found {cols})")
-        for r in reader:
-            if None in r:  # more cells than header columns, e.g. an unquoted "12,13" slice list
-                raise InputError(
-                    (r.get("subject_id") or "").strip(),
-                    path,
-                    f"line {reader.line_num} has more cells than columns (quote lists with commas)",
-                )
-            rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
-            if not rows[-1]["subject_id"]:
-                raise InputError("", path, f"line {reader.line_num} has no subject_id")
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""), skipinitialspace=True)
+    cols = [c.strip() for c in reader.fieldnames or []]
+    if not {"subject_id", "label"} <= set(cols):
+        raise InputError("", path, f"needs the columns subject_id,label (found {cols})")
+    for r in reader:
+        if None in r:  # more cells than header columns, e.g. an unquoted "12,13" slice list
+            raise InputError(
+                (r.get("subject_id") or "").strip(),
+                path,
+                f"line {reader.line_num} has more cells than columns (quote lists with commas)",
+            )
+        rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
+        rows[-1]["subject_id"] = unicodedata.normalize("NFC", rows[-1]["subject_id"])
+        if not rows[-1]["subject_id"]:
+            raise InputError("", path, f"line {reader.line_num} has no subject_id")
     return rows
+
+
+def _utf8_text(path: Path) -> str:
+    """The text of a UTF-8 file (BOM dropped); InputError naming the first line that is not."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        # Excel's plain "CSV" is the system code page (cp1252 on Windows), which cannot be
+        # guessed reliably: say where, and how to save it right.
+        line = raw.count(b"\n", 0, e.start) + 1
+        cell = raw.split(b"\n")[line - 1].split(b",")[0] if line > 1 else b""  # the subject
+        raise InputError(
+            cell.decode("utf-8", "backslashreplace").strip(),
+            path,
+            f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save labels.csv as "
+            "UTF-8 (Excel: 'CSV UTF-8')",
+        ) from None
 
 
 def find_subjects(
@@ -171,7 +195,11 @@ def find_subjects(
     cohort_dir = Path(cohort_dir)
     if not cohort_dir.is_dir():
         raise InputError("", cohort_dir, "cohort folder not found")
-    folders = {p.name: p for p in cohort_dir.iterdir() if p.is_dir() and p.name[0] not in "._"}
+    folders = {
+        unicodedata.normalize("NFC", p.name): p
+        for p in cohort_dir.iterdir()
+        if p.is_dir() and p.name[0] not in "._"
+    }
     labels_csv = cohort_dir / "labels.csv"
     if labels_csv.exists():
         rows = read_labels(labels_csv)
@@ -228,7 +256,12 @@ def _subject(sid, own, folders, labels_csv, patterns, names, labels_required) ->
     if len(own) > 1:
         raise InputError(sid, labels_csv, f"subject listed {len(own)} times in labels.csv")
     if not own:
-        raise InputError(sid, folders[sid], "subject folder has no row in labels.csv")
+        raise InputError(
+            sid,
+            folders[sid],
+            "subject folder has no row in labels.csv: add one, or start the folder name with '_' "
+            "if it holds no subject",
+        )
     if sid not in folders:
         raise InputError(
             sid, labels_csv.parent / sid, "listed in labels.csv but the subject folder is missing"

@@ -5,11 +5,16 @@ Overrides work the ml_collections way, e.g. `--config.train.num_epochs=3`,
 checkpoint in WORKDIR/checkpoints.
 """
 
+import sys
+import tempfile
+from pathlib import Path
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ernjax import train
+from ernjax.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir", "Directory for records, checkpoints, logs and results.")
@@ -34,7 +39,30 @@ def main(argv):
     logging.info(
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
     )
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    check_writable(FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except InputError as err:
+        # The user's data to fix: the subject, the file and the problem on one line, which a
+        # traceback through TFDS and the trainer would only bury.
+        sys.exit(f"ernjax: {err}")
+
+
+def check_writable(workdir: str) -> None:
+    """Creates WORKDIR if needed; exits with one line if it cannot be written (before any work).
+
+    A read-only or foreign workdir would otherwise fail only at the first write (the records,
+    or the checkpoints after the records were built), with a traceback.
+    """
+    try:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        sys.exit(
+            f"ernjax: cannot write to the work folder {Path(workdir).absolute()} ({e.strerror}); "
+            "choose another --workdir or make this one writable"
+        )
 
 
 if __name__ == "__main__":
