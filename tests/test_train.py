@@ -420,9 +420,12 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, compile_cache):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert not list(killed.glob("*.json")) + list(killed.glob("*.csv"))  # no final output yet
     killed_at = checkpoints.Checkpointer(killed / "checkpoints", keep=10).latest_step()
     assert killed_at < 9, "the kill should land before the end of training"
     resumed = train.train_and_evaluate(config, killed, pipeline=FakePipeline())
+    # Only complete step folders: a save the kill cut short left nothing behind.
+    assert all(p.name.isdigit() for p in (killed / "checkpoints").iterdir())
 
     step_a, state_a = _final_state(tmp_path / "a")
     step_b, state_b = _final_state(killed)
