@@ -11,10 +11,18 @@ Kept: the latest `keep` steps plus the best by validation AUC (ties go to the ea
 one early stopping saw first). Orbax writes each step into a temporary directory and renames it
 when complete, so a SIGKILL at any moment leaves the previous checkpoints readable; leftover
 temporary directories are removed when the next run opens the manager.
+
+A full disk (or quota) during a save raises one `NoSpaceError` naming the step and the folder.
+Orbax reports such a failure from each of its background threads, and each write TensorStore
+still had in flight when Orbax closed its event loop reports "Event loop is closed" (about 1,100
+traceback lines for a small model); those echoes of the one error are dropped (see `_QuietOrbax`
+and `_quiet_unraisable`).
 """
 
 import logging
 import math
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +31,63 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ernjax.errors import NoSpaceError, disk_full_reason
+
 _ITEMS = ("state", "data", "meta", "config")
 
 
 class _QuietOrbax(logging.Filter):
-    """Drops Orbax's INFO lines and its warning on saves without metrics.
+    """Drops Orbax's INFO lines, its warning on saves without metrics, and full-disk reports.
 
     Orbax logs several INFO lines per save, which would bury the training progress; its other
-    warnings and errors still show. Mid-epoch steps carry no metrics by design.
+    warnings and errors still show. Mid-epoch steps carry no metrics by design. A full disk is
+    logged with a traceback by each Orbax thread that saw it, and by asyncio for each write task
+    left behind ("Task exception was never retrieved"): `Checkpointer` raises it once instead.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "/orbax/" in record.pathname.replace("\\", "/") and record.levelno < logging.WARNING:
+        orbax = "/orbax/" in record.pathname.replace("\\", "/")
+        if orbax and record.levelno < logging.WARNING:
+            return False
+        if (orbax or record.name == "asyncio") and _reports_full_disk(record):
             return False
         return "did not provide metrics" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_QuietOrbax())
+def _reports_full_disk(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return bool(disk_full_reason(exc) or disk_full_reason(record.getMessage()))
+
+
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_QuietOrbax())
+
+
+def _quiet_unraisable(unraisable, previous=sys.unraisablehook) -> None:
+    """Drops the echoes of a failed save that Python reports as unraisable; passes on the rest.
+
+    When one write of a save fails, Orbax closes the event loop of that save while TensorStore's
+    other writes are still running; as each finishes, TensorStore's callback finds the loop
+    closed ("RuntimeError: Event loop is closed", one traceback per write). At exit, Python then
+    closes Orbax's abandoned write coroutines, whose clean-up fails on the half torn-down
+    interpreter. Neither says anything the first error did not.
+    """
+    exc, obj = unraisable.exc_value, unraisable.object
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    closed_loop = (
+        isinstance(exc, RuntimeError)
+        and str(exc) == "Event loop is closed"
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "_check_closed"
+    )
+    abandoned = isinstance(obj, types.CoroutineType) and "/orbax/" in obj.cr_code.co_filename
+    if not (closed_loop or abandoned):
+        previous(unraisable)
+
+
+sys.unraisablehook = _quiet_unraisable
 
 
 def _best_key(metrics: dict) -> tuple[float, int]:
@@ -101,6 +149,26 @@ class Checkpointer:
             item_handlers={"data": grain.PyGrainCheckpointHandler()},
             options=options,
         )
+        self._writing = None  # the step of a save that may still run in the background
+        self._failed = False  # a save hit a full disk; Orbax then re-raises it on every wait
+
+    def _guard(self, step: int | None, call):
+        """Runs an Orbax call; a full disk becomes one NoSpaceError naming the step and folder."""
+        try:
+            return call()
+        except Exception as e:
+            reason = disk_full_reason(e)
+            if reason is None:
+                raise
+            self._failed = True
+            # From the folder: Orbax's own list already lacks steps it meant to delete next.
+            kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            advice = f"; steps {kept} there are intact" if kept else ""
+            raise NoSpaceError(
+                f"checkpoint step {step} to {self.directory}",
+                reason,
+                f"{advice}. Free space there and rerun the same command to resume.",
+            ) from e
 
     def latest_step(self) -> int | None:
         """Returns the newest complete step, or None when there is none."""
@@ -147,16 +215,15 @@ class Checkpointer:
         metrics = None
         if val_auc is not None and math.isfinite(val_auc):
             metrics = {"val_auc": float(val_auc), "step": int(step)}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.PyGrainCheckpointSave(data_iterator),
-                meta=ocp.args.JsonSave(meta),
-                config=ocp.args.JsonSave({"json": config_json}),
-            ),
-            metrics=metrics,
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.PyGrainCheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta),
+            config=ocp.args.JsonSave({"json": config_json}),
         )
+        self.wait()  # Orbax reports a failed background save at the next call: name that step
+        self._guard(step, lambda: self._manager.save(step, args=args, metrics=metrics))
+        self._writing = step
 
     def restore(self, step: int, state_like: Any, data_iterator=None) -> tuple[Any, dict]:
         """Reads one checkpoint.
@@ -195,10 +262,23 @@ class Checkpointer:
         return restored["config"]["json"]
 
     def wait(self) -> None:
-        """Blocks until background writes have finished."""
-        self._manager.wait_until_finished()
+        """Blocks until background writes have finished.
+
+        Raises:
+          NoSpaceError: a save ran out of disk space (or quota).
+        """
+        self._guard(self._writing, self._manager.wait_until_finished)
+        self._writing = None
 
     def close(self) -> None:
-        """Finishes pending writes and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finishes pending writes and releases the manager.
+
+        After a full disk was reported, closing does not report it again.
+        """
+        if not self._failed:
+            self.wait()
+        try:
+            self._manager.close()
+        except Exception as e:
+            if not (self._failed and disk_full_reason(e)):
+                raise

@@ -19,7 +19,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax import evaluate, predictions, reporting, train
+from ernjax import atomic, evaluate, predictions, reporting, train
+from ernjax.errors import exit_on_full_disk
 
 
 def parse_channel_sets(text: str) -> list[tuple[str, ...]]:
@@ -78,27 +79,32 @@ def run(config, workdir, models, channel_sets) -> dict:
 
 
 def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
-    """Scores the runs' test predictions and writes tables, tests and ROC figures."""
+    """Scores the runs' test predictions and writes tables, tests and ROC figures.
+
+    The files are renamed into place together once all are written (compare.json last).
+    """
     ev = config.eval
     positive = test[names[0]].class_names.index(ev.positive_class)
     results = {
         n: predictions.score(ev, test[n], positive, predictions.thresholds(ev, val[n], positive))
         for n in names
     }
-    reporting.write_tables(workdir, "compare", results)
-    (workdir / "delong.md").write_text(delong_table(test, names, positive, ev.subject_method))
+    delong = delong_table(test, names, positive, ev.subject_method)
     ttests = {
         n: evaluate.one_sample_ttests(
             test[n].probs[:, positive], test[n].label, test[n].class_names, positive=positive
         )
         for n in names
     }
-    (workdir / "ttests.md").write_text(reporting.format_ttests(ttests, fmt="markdown"))
-    predictions.plot_rocs(
-        test, workdir / "roc_test", positive, ev.positive_class, ev.subject_method
-    )
+    with atomic.staged():
+        atomic.write_text(workdir / "delong.md", delong)
+        atomic.write_text(workdir / "ttests.md", reporting.format_ttests(ttests, fmt="markdown"))
+        predictions.plot_rocs(
+            test, workdir / "roc_test", positive, ev.positive_class, ev.subject_method
+        )
+        reporting.write_tables(workdir, "compare", results)
     print(reporting.format_table(results), flush=True)
-    print((workdir / "delong.md").read_text(), flush=True)
+    print(delong, flush=True)
     return results
 
 
@@ -143,4 +149,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Base configuration.", lock_config=True
     )
-    app.run(main)
+    app.run(exit_on_full_disk(main))

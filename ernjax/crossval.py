@@ -24,7 +24,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ernjax import predictions, reporting, train
+from ernjax import atomic, predictions, reporting, train
+from ernjax.errors import exit_on_full_disk
 from ernjax.predictions import Predictions
 
 FLAGS = flags.FLAGS
@@ -154,14 +155,16 @@ def ensemble_predictions(
 
 
 def _write(workdir: Path, config, results, curves, roc_name: str, positive: int) -> None:
-    reporting.write_tables(workdir, "crossval", results)
-    predictions.plot_rocs(
-        curves,
-        workdir / roc_name,
-        positive,
-        config.eval.positive_class,
-        config.eval.subject_method,
-    )
+    """The ROC figures and crossval.*, renamed into place together (crossval.json last)."""
+    with atomic.staged():
+        predictions.plot_rocs(
+            curves,
+            workdir / roc_name,
+            positive,
+            config.eval.positive_class,
+            config.eval.subject_method,
+        )
+        reporting.write_tables(workdir, "crossval", results)
     print(reporting.format_table(results), flush=True)
 
 
@@ -180,4 +183,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Configuration file.", lock_config=True
     )
-    app.run(main)
+    app.run(exit_on_full_disk(main))

@@ -1,4 +1,8 @@
-"""One error type for bad input, worded for a clinician-researcher."""
+"""Errors worded for a clinician-researcher: bad input data, and a full disk."""
+
+import errno
+import functools
+import sys
 
 
 class InputError(ValueError):
@@ -18,3 +22,69 @@ class InputError(ValueError):
         if self.path:
             where.append(f"file {self.path}")
         super().__init__(f"{', '.join(where) or 'cohort'}: {problem}")
+
+
+# Full-disk errors as the libraries word them: OSError errno, or TensorStore's text (which Orbax
+# checkpoints raise as ValueError: "... No space left on device [os_error_code='28']").
+_FULL = {
+    errno.ENOSPC: ("no space left on device", ("No space left on device", "os_error_code='28'")),
+    errno.EDQUOT: ("disk quota exceeded", ("Disk quota exceeded", "os_error_code='122'")),
+}
+
+
+class NoSpaceError(OSError):
+    """An output or checkpoint could not be written: the disk or the quota is full.
+
+    The message is one line: what ran out, while writing what, and where.
+    """
+
+    def __init__(self, what: str, reason: str = "no space left on device", advice: str = ""):
+        code = next((c for c, (r, _) in _FULL.items() if r == reason), errno.ENOSPC)
+        super().__init__(code, f"{reason} while writing {what}{advice}")
+        self._parts = (what, reason, advice)
+
+    def __reduce__(self):
+        # OSError's own pickling would call __init__(errno, message): keep the three parts.
+        return type(self), self._parts
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full_reason(error: BaseException | str | None) -> str | None:
+    """Why `error` (or its cause) failed if the disk or quota was full, else None.
+
+    Returns "no space left on device" or "disk quota exceeded" (the wording of NoSpaceError).
+
+    Args:
+      error: an exception (its __cause__ and __context__ are searched too) or a message.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        for code, (reason, texts) in _FULL.items():
+            if getattr(error, "errno", None) == code or any(t in str(error) for t in texts):
+                return reason
+        if isinstance(error, str):
+            return None
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def exit_on_full_disk(main):
+    """Wraps an absl `main`: a full disk ends the program with one line and exit status 1.
+
+    Without it the user gets a long traceback whose last line (the only useful one) is easy to
+    miss; nothing but the message tells them more.
+    """
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except OSError as e:
+            if disk_full_reason(e) is None:
+                raise
+            sys.exit(f"ernjax: {e}")
+
+    return wrapped

@@ -28,6 +28,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from ernjax import atomic
 from ernjax.preprocess import geometry as geo
 
 _MAX_LISTED = 40  # submodule names listed in the error for an unknown layer
@@ -206,7 +207,7 @@ def overlay_png(
     Args:
       image: [H, W] or [H, W, C] for a slice; [D, H, W] or [D, H, W, C] for a volume.
       cam: [H, W] or [D, H, W], values in [0, 1] (a `gradcam` output without its batch axis).
-      path: the PNG file; parent folders are created.
+      path: the PNG file, written atomically; parent folders are created.
       channel: draw this channel in grey; None draws 3 channels as RGB (the fused T1/T2/T1c
         slice of Gao 2020) and otherwise channel 0 in grey.
       alpha: opacity of the heatmap where the map is 1.
@@ -256,8 +257,7 @@ def overlay_png(
     fig.colorbar(ScalarMappable(Normalize(0, 1), heat), ax=axes.ravel().tolist(), shrink=0.8)
     if title:
         fig.suptitle(title)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), dpi=dpi)
+    atomic.save_figure(fig, path, dpi=dpi)
     return drawn
 
 

@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ernjax import train
-from ernjax.errors import InputError
+from ernjax.errors import InputError, exit_on_full_disk
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir", "Directory for records, checkpoints, logs and results.")
@@ -66,4 +66,4 @@ def check_writable(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(exit_on_full_disk(main))

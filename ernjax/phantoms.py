@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ernjax import atomic
 from ernjax.preprocess.geometry import Image, resample, save_image, spacing_grid
 
 GENERATOR_VERSION = 1  # bump when the images change, so cached cohorts are rewritten
@@ -418,7 +419,7 @@ def write_cohort(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_subjects(tmp, params)
-        (tmp / "cohort.json").write_text(json.dumps(params, indent=1) + "\n")
+        atomic.write_text(tmp / "cohort.json", json.dumps(params, indent=1) + "\n")
         _swap_in(tmp, out, params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -444,7 +445,7 @@ def _write_subjects(tmp: Path, params: dict) -> None:
         for name, data in arrays.items():
             save_image(Image(data, affine), tmp / sid / f"{sid}_{name}.nii.gz")
         rows.append((sid, label, ";".join(map(str, lesion_slices(arrays["mask"])))))
-    with open(tmp / "labels.csv", "w", newline="") as fh:
+    with atomic.atomic_path(tmp / "labels.csv") as path, open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("subject_id", "label", "lesion_slices"))
         w.writerows(rows)

@@ -25,9 +25,9 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from ernjax import cohort, evaluate, gradcam, predictions, samples, train
+from ernjax import atomic, cohort, evaluate, gradcam, predictions, samples, train
 from ernjax.checkpoints import Checkpointer
-from ernjax.errors import InputError
+from ernjax.errors import InputError, exit_on_full_disk
 
 MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
 
@@ -166,7 +166,10 @@ def examples(run: TrainedRun, subject) -> tuple[np.ndarray, list[int], dict]:
 
 
 def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: int = 12) -> dict:
-    """Classifies one subject, writes OUT/report.json and Grad-CAM images, returns the report."""
+    """Classifies one subject, writes OUT/report.json and Grad-CAM images, returns the report.
+
+    The files are renamed into place together once all are written, report.json last.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,9 +177,11 @@ def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: in
         x, slices, vol = examples(run, subject)
         probs = _probabilities(run, x)
         report = _report(run, subject.subject_id, probs, slices)
-        if cam:
-            report["gradcam"] = _write_cams(run, subject, x, slices, probs, vol, out_dir, max_pngs)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+        with atomic.staged():
+            if cam:
+                cams = _write_cams(run, subject, x, slices, probs, vol, out_dir, max_pngs)
+                report["gradcam"] = cams
+            atomic.write_text(out_dir / "report.json", json.dumps(report, indent=1))
     return report
 
 
@@ -275,4 +280,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output folder (default WORKDIR/predictions/<subject_id>).")
     flags.DEFINE_bool("gradcam", True, "Write Grad-CAM images.")
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    app.run(exit_on_full_disk(main))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ernjax import evaluate, reporting
+from ernjax import atomic, evaluate, reporting
 from ernjax.errors import InputError
 
 
@@ -36,9 +36,9 @@ class Predictions:
 
 
 def write_csv(path, preds: Predictions) -> Path:
-    """One row per example: subject_id, label, one `prob_<class>` column per class."""
+    """One row per example: subject_id, label, one `prob_<class>` column per class (atomically)."""
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["subject_id", "label", *(f"prob_{c}" for c in preds.class_names)])
         for sid, y, p in zip(preds.subject_id, preds.label, preds.probs, strict=True):

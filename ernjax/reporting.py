@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ernjax import atomic
+
 # Gao 2020's column order (Tables 3-5).
 DEFAULT_COLUMNS = ("sensitivity", "specificity", "accuracy", "auc")
 _TITLES = {
@@ -63,17 +65,21 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def write_json(path, flat: Mapping[str, float], indent: int = 1) -> None:
-    """Writes flat results as JSON, NaN as null so that any JSON reader takes it."""
+    """Writes flat results as JSON (atomically), NaN as null so that any JSON reader takes it."""
     clean = {k: (v if math.isfinite(v) else None) for k, v in flat.items()}
-    Path(path).write_text(json.dumps(clean, indent=indent, sort_keys=True))
+    atomic.write_text(path, json.dumps(clean, indent=indent, sort_keys=True))
 
 
 def write_tables(directory, stem: str, results: Mapping[str, Mapping]) -> None:
-    """DIRECTORY/<stem>.json (flat numbers), <stem>.md and <stem>.csv (the metrics table)."""
+    """DIRECTORY/<stem>.json (flat numbers), <stem>.md and <stem>.csv (the metrics table).
+
+    Each file is written atomically; the three are renamed into place together.
+    """
     directory = Path(directory)
-    write_json(directory / f"{stem}.json", flatten(results))
-    (directory / f"{stem}.md").write_text(format_table(results, fmt="markdown"))
-    (directory / f"{stem}.csv").write_text(format_table(results, fmt="csv"))
+    with atomic.staged():
+        atomic.write_text(directory / f"{stem}.md", format_table(results, fmt="markdown"))
+        atomic.write_text(directory / f"{stem}.csv", format_table(results, fmt="csv"))
+        write_json(directory / f"{stem}.json", flatten(results))
 
 
 def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[str, Mapping]]:
@@ -216,7 +222,7 @@ def plot_roc(
 
     Args:
       curves: legend name -> (y_true [N] bools or 0/1 with 1 positive, scores [N]).
-      path: PNG file to write (folders are created).
+      path: PNG file to write atomically (folders are created).
       title: figure title.
       positive_class: named on the axes ("sensitivity (recurrence)") when given.
 
@@ -242,7 +248,4 @@ def plot_roc(
     ax.set(xlabel=f"1 - specificity{suffix}", ylabel=f"Sensitivity{suffix}")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return atomic.save_figure(fig, path)

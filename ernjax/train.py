@@ -29,7 +29,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ernjax import checkpoints, evaluate, input_pipeline, models, predictions, reporting
+from ernjax import atomic, checkpoints, evaluate, input_pipeline, models, predictions, reporting
+from ernjax.errors import disk_full_reason
 from ernjax.models import pretrained
 from ernjax.predictions import Predictions
 
@@ -371,9 +372,12 @@ def train_and_evaluate(config, workdir, *, pipeline=input_pipeline) -> dict:
     run = _setup(config, workdir, pipeline)
     try:
         steps_per_s = _train(run)
-        results = _final_evaluation(run)
-        results["train.steps_per_second"] = steps_per_s
-        _write_results(run, results)
+        # The predictions and results.json are renamed into place together once all are
+        # written, results.json last: a failure leaves the previous run's set, never a mix.
+        with atomic.staged():
+            results = _final_evaluation(run)
+            results["train.steps_per_second"] = steps_per_s
+            _write_results(run, results)
         return results
     finally:
         run.ckpt.close()
@@ -518,6 +522,7 @@ def _final_evaluation(run: _Run) -> dict:
     Cut-offs come from the validation predictions as `config.eval` says (never from test); the
     predictions of both splits are written to WORKDIR/predictions_<split>.csv.
     """
+    run.ckpt.wait()  # a failed last save (e.g. a full disk) stops the run before any output
     step, which = run.ckpt.scored_step(run.config.train.select_checkpoint)
     state = run.ckpt.restore(step, run.steps.state)[0] if step is not None else run.steps.state
     logging.info("evaluating the checkpoint of step %s (%s)", step, which)
@@ -592,7 +597,7 @@ class _Writer:
     """TensorBoard event files via tensorboardX (no TensorFlow), written by process 0 only."""
 
     def __init__(self, logdir: Path):
-        self._w = None
+        self._w, self.logdir = None, logdir
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
 
@@ -609,5 +614,20 @@ class _Writer:
             self._w.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
 
     def close(self) -> None:
-        if self._w is not None:
+        if self._w is None:
+            return
+        try:
             self._w.close()
+        except OSError as e:
+            reason = disk_full_reason(e)
+            if reason is None:
+                raise
+            # Only the last events are lost; the run's own error (a checkpoint or an output on
+            # the same disk) is the one to show. tensorboardX's thread is stopped and its writer
+            # marked closed, or its exit hook retries the flush and prints the error again.
+            logging.warning(
+                "TensorBoard events in %s: the last ones are lost (%s)", self.logdir, reason
+            )
+            events = self._w.file_writer.event_writer
+            events._worker.stop()
+            events._closed = True

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ernjax import atomic
 from ernjax.errors import InputError
 from ernjax.models import convert
 
@@ -94,8 +95,8 @@ class InitReport:
         return {**dataclasses.asdict(self), "counts": counts}
 
     def write_json(self, path) -> None:
-        """Writes `to_dict()` as indented JSON to `path` (e.g. WORKDIR/init_report.json)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Writes `to_dict()` as JSON to `path` (e.g. WORKDIR/init_report.json), atomically."""
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def init_from(model: nnx.Module, path, *, source: str = "auto") -> InitReport:

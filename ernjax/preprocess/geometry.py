@@ -7,12 +7,12 @@ affine in RAS+ millimetres, the NIfTI convention), so each step can be tested on
 import dataclasses
 import itertools
 import logging
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ernjax import atomic
 from ernjax.errors import InputError
 
 # Two affines closer than this at every voxel of a grid are one grid. NIfTI headers hold the affine
@@ -78,9 +78,9 @@ def load_image(path, subject: str = "", *, allow_empty: bool = False) -> Image:
 
 
 def save_image(image: Image, path) -> None:
-    """Writes the image as NIfTI (compressed when the name ends in .gz)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image.to_nifti(), str(path))
+    """Writes the image as NIfTI (compressed when the name ends in .gz), atomically."""
+    with atomic.atomic_path(path) as tmp:  # the temporary name keeps the .nii.gz ending
+        nib.save(image.to_nifti(), str(tmp))
 
 
 def canonical_orientation(affine: np.ndarray) -> np.ndarray:

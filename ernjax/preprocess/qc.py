@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ernjax import atomic
 from ernjax.preprocess.geometry import Image, reorient_canonical, resample
 
 
@@ -42,7 +43,7 @@ def subject_figure(subject: str, rows: Sequence[tuple], path) -> None:
     Args:
       subject: the subject ID (the figure title; never a name from image headers).
       rows: (step title, {modality: Image}, brain mask Image (any grid) or None, metric text).
-      path: the PNG to write.
+      path: the PNG to write (atomically).
     """
     import matplotlib
 
@@ -77,9 +78,10 @@ def subject_figure(subject: str, rows: Sequence[tuple], path) -> None:
             box.x0, box.y1 + 0.08 / len(rows), f"{r}. {title}   {metric}", fontsize=8, va="bottom"
         )
     fig.suptitle(f"subject {subject}", fontsize=9, y=1.0, va="top")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        atomic.save_figure(fig, path, dpi=80)
+    finally:
+        plt.close(fig)  # pyplot keeps every figure until closed
 
 
 def outliers(scores: Mapping[str, float], z: float = 3.0) -> set[str]:
@@ -96,7 +98,7 @@ def outliers(scores: Mapping[str, float], z: float = 3.0) -> set[str]:
 
 
 def write_index(out_dir, results: Sequence[Mapping]) -> Path:
-    """Writes OUT/qc/index.html: failed subjects, then metric outliers, then the rest.
+    """Writes OUT/qc/index.html (atomically): failed subjects, then metric outliers, then the rest.
 
     Args:
       out_dir: the output cohort folder.
@@ -129,7 +131,4 @@ def write_index(out_dir, results: Sequence[Mapping]) -> Path:
         if r.get("qc"):
             parts.append(f"<img src='{html.escape(r['qc'])}' style='max-width:100%'>")
     parts.append("</body></html>")
-    path = Path(out_dir) / "qc" / "index.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
-    return path
+    return atomic.write_text(Path(out_dir) / "qc" / "index.html", "\n".join(parts))

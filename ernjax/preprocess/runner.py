@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ernjax import atomic
 from ernjax.errors import InputError
 from ernjax.preprocess import pipeline, qc
 from ernjax.preprocess.geometry import Image, check_mask_grid, load_image, save_image
@@ -177,13 +178,11 @@ def load_manifest(out_dir) -> dict:
 
 
 def _save_manifest(out_dir: Path, records: dict, settings: SimpleNamespace) -> None:
-    path = _manifest_path(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"settings": vars(settings), "subjects": records}, indent=1, default=list)
+    # Atomic: an interrupted run leaves the previous manifest.
+    atomic.write_text(
+        _manifest_path(out_dir),
+        json.dumps({"settings": vars(settings), "subjects": records}, indent=1, default=list),
     )
-    os.replace(tmp, path)  # atomic: an interrupted run leaves the previous manifest
 
 
 def _is_done(record: dict | None, inputs: dict, digest: str, out_dir: Path) -> bool:
@@ -299,9 +298,9 @@ def preprocess_cohort(
         cohort_dir, out_dir, modalities, settings, labels_required, mask_pattern
     )
     if (source_dir / "labels.csv").is_file():
-        shutil.copyfile(source_dir / "labels.csv", out_dir / "labels.csv")
+        atomic.write_bytes(out_dir / "labels.csv", (source_dir / "labels.csv").read_bytes())
     elif (cohort_dir / "labels.csv").is_file():
-        shutil.copyfile(cohort_dir / "labels.csv", out_dir / "labels.csv")
+        atomic.write_bytes(out_dir / "labels.csv", (cohort_dir / "labels.csv").read_bytes())
     records, digest = load_manifest(out_dir), settings_digest(settings, modalities, mask_pattern)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     summary, tasks = Summary(out_dir, [], [], _skipped(found)), []
