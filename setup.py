@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",
     "scipy==1.17.1",
+    "scikit-image==0.26.0",  # marching cubes / squares for the radiomics shape features
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "etils==1.15.0",
