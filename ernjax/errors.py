@@ -23,6 +23,11 @@ class InputError(ValueError):
             where.append(f"file {self.path}")
         super().__init__(f"{', '.join(where) or 'cohort'}: {problem}")
 
+    def __reduce__(self):
+        # Rebuilt from the three parts, not from `args` (the message alone): an error raised in a
+        # records-build worker process must arrive in the parent intact, naming the subject.
+        return type(self), (self.subject, self.path, self.problem)
+
 
 # Full-disk errors as the libraries word them: OSError errno, or TensorStore's text (which Orbax
 # checkpoints raise as ValueError: "... No space left on device [os_error_code='28']").

@@ -35,6 +35,9 @@ class DataInfo:
     num_examples: dict[str, int]  # "train", "validation", "test" after fold selection
     train_class_counts: tuple[int, ...]
     parts: dict[str, tuple[tuple[str, int], ...]]  # split -> (stored split, record index) pairs
+    # Subjects left out under on_error="skip": {"subject_id", "file" (relative to the cohort
+    # folder), "problem"} each, for results.json and the printed summary.
+    skipped: tuple[dict, ...] = ()
 
     def subject_ids(self, split: str) -> list[str]:
         """Subject of each example of `split`, in iteration order of `eval_iterator`."""
@@ -73,13 +76,15 @@ def prepare(config, workdir) -> DataInfo:
     """
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
     if jax.process_index() == 0:
-        recs = records_lib.build(config.data, cohort_dir(config, workdir), records_dir)
+        cohort = cohort_dir(config, workdir)
+        recs = records_lib.build(config.data, cohort, records_dir)
     if jax.process_count() > 1:
         # Process 0 writes the cohort and the records; the others then find them on a shared
         # file system (or, without one, build their own copy after the barrier).
         multihost_utils.sync_global_devices("ernjax: records built")
     if jax.process_index() != 0:
-        recs = records_lib.build(config.data, cohort_dir(config, workdir), records_dir)
+        cohort = cohort_dir(config, workdir)
+        recs = records_lib.build(config.data, cohort, records_dir)
     parts = select_parts(recs.index, config.data.fold)
     labels = {s: [recs.index["splits"][p]["label"][i] for p, i in parts[s]] for s in SPLITS}
     n_classes = len(recs.index["class_names"])
@@ -93,6 +98,7 @@ def prepare(config, workdir) -> DataInfo:
             int(np.sum(np.equal(labels["train"], k))) for k in range(n_classes)
         ),
         parts=parts,
+        skipped=tuple(_skip_entry(x, cohort) for x in recs.index["skipped"]),
     )
     logging.info(
         "data: %s examples %s, train class counts %s",
@@ -101,6 +107,13 @@ def prepare(config, workdir) -> DataInfo:
         dict(zip(info.class_names, info.train_class_counts, strict=True)),
     )
     return info
+
+
+def _skip_entry(skip: dict, cohort: Path) -> dict:
+    """A records index skip entry as outputs show it: the file relative to the cohort folder."""
+    path, root = Path(skip["path"]), Path(cohort).resolve()
+    file = str(path.relative_to(root)) if path.is_relative_to(root) else skip["path"]
+    return {"subject_id": skip["subject_id"], "file": file, "problem": skip["problem"]}
 
 
 def select_parts(index: dict, fold: int) -> dict[str, tuple[tuple[str, int], ...]]:

@@ -4,10 +4,13 @@ The records of a setting live in `RECORDS/ernjax_mri/<kind>-<hash>/1.0.0/`, wher
 every `config.data` field that changes the examples and a fingerprint of the cohort's files, so
 changing a pattern, a shape or a scan gives new records instead of silently reusing stale ones.
 A build runs in a staging directory that is renamed into place only when complete: a failed build
-leaves nothing behind, and a rebuild after a fix starts clean.
+leaves nothing behind, and a rebuild after a fix starts clean. A build that was killed cannot
+clean up; its staging directory is removed by the next build under the same records root (a lock
+held while a build runs tells a dead build's directory from a live one).
 """
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -90,6 +93,11 @@ def dataset_name(settings: dict) -> str:
     """`<kind>-<hash of the settings and the cohort fingerprint>`."""
     key = {k: v for k, v in settings.items() if k != "build_workers"}
     key["fingerprint"] = cohort_fingerprint(Path(settings["cohort_dir"]))
+    if settings["on_error"] == "skip":
+        # Records from before subjects were loaded ahead of the split could hold a split that a
+        # load-time skip had left without a class: never reuse those (on_error="raise" records
+        # are the same either way, and keep their name).
+        key["split_after_loading"] = True
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{settings['kind']}-{digest}"
 
@@ -114,15 +122,15 @@ def build(data, cohort_dir, records_dir) -> Records:
     if (final / INDEX).exists():
         logging.info("records found: %s", final)
         return open_records(final)
-    staging = Path(records_dir) / f".staging-{name}-{os.getpid()}"
     tfds.disable_progress_bar()  # the build logs per subject; terminal bars only clutter logs
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(records_dir)
+    staging = Staging(records_dir, name)
     try:
         builder = builder_lib.Builder(
-            config=builder_lib.ErnjaxMriConfig(name=name, data=settings), data_dir=str(staging)
+            config=builder_lib.ErnjaxMriConfig(name=name, data=settings), data_dir=str(staging.path)
         )
         builder.download_and_prepare(
-            download_dir=str(staging / "downloads"),
+            download_dir=str(staging.path / "downloads"),
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
@@ -132,9 +140,75 @@ def build(data, cohort_dir, records_dir) -> Records:
         shutil.rmtree(final, ignore_errors=True)  # an index-less leftover of an older version
         os.replace(built, final)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.close()
     logging.info("records built: %s", final)
     return open_records(final)
+
+
+class Staging:
+    """The folder a build writes in, `RECORDS/.staging-<name>-<pid>`, locked while it runs.
+
+    The lock is an flock on `.lock` inside the folder: the system drops it when the process
+    ends, however it ends, so `remove_stale_staging` can tell a killed build's folder from a
+    running one's (a process ID alone could be reused, or belong to another machine).
+    """
+
+    def __init__(self, records_dir, name: str):
+        self.path = Path(records_dir) / f".staging-{name}-{os.getpid()}"
+        for _ in range(10):
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self._fd = _lock(self.path, wait=True)
+                # A concurrent remove_stale_staging may have taken the folder for a dead
+                # build's (unlocked between mkdir and flock) and removed it: make it again.
+                if os.stat(self.path / _LOCK).st_ino == os.fstat(self._fd).st_ino:
+                    return
+                os.close(self._fd)
+            except FileNotFoundError:
+                pass
+        raise RuntimeError(f"could not create the staging folder {self.path}")
+
+    def close(self) -> None:
+        """Removes the folder, then lets go of the lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+
+
+_LOCK = ".lock"
+
+
+def _lock(folder: Path, *, wait: bool) -> int | None:
+    """The descriptor of FOLDER/.lock, flock-ed; None when another process holds the lock.
+
+    Where the file system has no locks (some network mounts), `wait=True` returns the file
+    unlocked and `wait=False` None: a folder is then never taken for a dead build's.
+    """
+    fd = os.open(folder / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        if wait:
+            return fd
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_staging(records_dir) -> None:
+    """Removes the staging folders under `records_dir` of builds that are no longer running."""
+    for folder in sorted(Path(records_dir).glob(".staging-*")):
+        try:
+            fd = _lock(folder, wait=False)
+        except OSError:  # removed meanwhile by another build, or not a folder
+            continue
+        if fd is None:
+            continue  # a build in progress
+        try:
+            logging.warning("removing %s, left by a build that did not finish", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def open_records(path) -> Records:

@@ -65,8 +65,14 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def write_json(path, flat: Mapping[str, float], indent: int = 1) -> None:
-    """Writes flat results as JSON (atomically), NaN as null so that any JSON reader takes it."""
-    clean = {k: (v if math.isfinite(v) else None) for k, v in flat.items()}
+    """Writes flat results as JSON (atomically), NaN as null so that any JSON reader takes it.
+
+    Values are numbers, or other JSON values (the list of skipped subjects), written as they are.
+    """
+    clean = {
+        k: None if isinstance(v, numbers.Real) and not math.isfinite(v) else v
+        for k, v in flat.items()
+    }
     atomic.write_text(path, json.dumps(clean, indent=indent, sort_keys=True))
 
 
@@ -80,6 +86,22 @@ def write_tables(directory, stem: str, results: Mapping[str, Mapping]) -> None:
         atomic.write_text(directory / f"{stem}.md", format_table(results, fmt="markdown"))
         atomic.write_text(directory / f"{stem}.csv", format_table(results, fmt="csv"))
         write_json(directory / f"{stem}.json", flatten(results))
+
+
+def format_skipped(skipped: Sequence[Mapping]) -> str:
+    """The subjects left out under on_error="skip", one line each ("" when none).
+
+    Args:
+      skipped: {"subject_id", "file" (relative to the cohort folder, or ""), "problem"} each.
+    """
+    if not skipped:
+        return ""
+    n = len(skipped)
+    lines = [f"{n} subject{'s' * (n != 1)} skipped (config.data.on_error='skip'), in no split:"]
+    for s in skipped:
+        where = f"{s['file']}: " if s["file"] else ""
+        lines.append(f"  {s['subject_id'] or 'cohort'}: {where}{s['problem']}")
+    return "\n".join(lines)
 
 
 def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[str, Mapping]]:

@@ -12,8 +12,11 @@ Rules (the subject is the unit, so no subject is ever in two splits):
   from class to class, so folds are stratified and differ in size by at most one.
   `select_fold(k)` then validates on fold k and trains on the other folds; the test set never
   moves.
+Whether a class reaches a split depends only on the class's size, so `split_problem` can say
+before any assignment which split would lack which class (a split without a class has no AUC).
 """
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -25,6 +28,13 @@ def _count(fraction: float, n: int, minimum: int) -> int:
     if fraction <= 0 or n == 0:
         return 0
     return int(min(n - 1, max(minimum, math.floor(fraction * n + 0.5))))
+
+
+def _sizes(n: int, test: float, validation: float) -> dict[str, int]:
+    """How many of a class of n subjects go to test, validation and train."""
+    n_test = _count(test, n, minimum=1 if n >= 2 else 0)
+    n_val = _count(validation, n - n_test, minimum=1 if n - n_test >= 2 else 0)
+    return {"train": n - n_test - n_val, "validation": n_val, "test": n_test}
 
 
 def assign_splits(
@@ -66,8 +76,8 @@ def assign_splits(
         ids = sorted(s for s, lab in zip(subject_ids, labels, strict=True) if lab == label)
         ids = [ids[i] for i in rng.permutation(len(ids))]
         n = len(ids)
-        n_test = _count(test, n, minimum=1 if n >= 2 else 0)
-        n_val = _count(validation, n - n_test, minimum=1 if n - n_test >= 2 else 0)
+        sizes = _sizes(n, test, validation)
+        n_test, n_val = sizes["test"], sizes["validation"]
         for i, sid in enumerate(ids):
             if i < n_test:
                 out[sid] = {"split": "test", "fold": -1}
@@ -76,6 +86,80 @@ def assign_splits(
                 out[sid] = {"split": split, "fold": (dealt + i - n_test) % folds}
         dealt += n - n_test
     return out
+
+
+def split_problem(
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    *,
+    test: float,
+    validation: float,
+    skipped: Sequence[str] = (),
+) -> str:
+    """Which split would lack which class, the class sizes and what to change; "" if none would.
+
+    Every split with a fraction above 0 (train always) must hold every class: without one its
+    AUC is undefined, so the checkpoint choice (validation) or the result (test) means nothing.
+
+    Args:
+      labels: the class index of each subject that will be split.
+      class_names: the classes, in class-index order.
+      test: `config.data.split.test`.
+      validation: `config.data.split.validation`.
+      skipped: IDs of the subjects left out (under on_error="skip"), named in the message.
+
+    Returns:
+      One paragraph for an error message, or "".
+    """
+    counts = [list(labels).count(k) for k in range(len(class_names))]
+    wanted = [s for s, f in (("train", 1), ("validation", validation), ("test", test)) if f > 0]
+    lacking = {}  # class -> the splits it would not reach
+    for name, n in zip(class_names, counts, strict=True):
+        sizes = _sizes(n, test, validation)
+        if missing := [s for s in wanted if sizes[s] == 0]:
+            lacking[name] = missing
+    if not lacking:
+        return ""
+    what = "; ".join(
+        f"the {_words(s)} split{'s' if len(s) > 1 else ''} would hold no {c} subject"
+        for c, s in lacking.items()
+    )
+    have = _words([f"{n} {c}" for c, n in zip(class_names, counts, strict=True)])
+    gone = f" to split ({len(skipped)} skipped: {', '.join(skipped)})" if skipped else ""
+    need = next(
+        n for n in itertools.count(1) if all(_sizes(n, test, validation)[s] for s in wanted)
+    )
+    return (
+        f"{what}: the cohort has {have} subjects{gone}, and with config.data.split.test={test} "
+        f"and config.data.split.validation={validation} a class needs at least {need} subjects. "
+        + _remedy(lacking, counts, class_names, bool(skipped))
+    )
+
+
+def _words(items) -> str:
+    """Joins words as in a sentence: a; a and b; a, b and c."""
+    items = list(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def _remedy(lacking: dict, counts, class_names, skipped: bool) -> str:
+    """What the user can change, for `split_problem`."""
+    empty = [c for c, n in zip(class_names, counts, strict=True) if n == 0]
+    if empty:
+        return (
+            f"No subject has the label {' or '.join(map(repr, empty))}: check "
+            "config.data.classes against the labels in labels.csv."
+        )
+    fixes = [f"add {_words(lacking)} subjects" + (" or fix the skipped ones" if skipped else "")]
+    splits = {s for missing in lacking.values() for s in missing}
+    if "validation" in splits:
+        fixes.append(
+            "set config.data.split.validation=0 to train without a validation split (then also "
+            "config.train.select_checkpoint='last')"
+        )
+    if "test" in splits:
+        fixes.append("set config.data.split.test=0 and cross-validate (python -m ernjax.crossval)")
+    return "To fix: " + "; or ".join(fixes) + "."
 
 
 def select_fold(assignment: dict[str, dict], fold: int) -> dict[str, str]:

@@ -362,8 +362,9 @@ def train_and_evaluate(config, workdir, *, pipeline=input_pipeline) -> dict:
         tests substitute a fake one.
 
     Returns:
-      Flat results, e.g. {"test.image.auc": ..., "test.subject.auc": ...}, also written to
-      WORKDIR/results.json (NaN written as null).
+      Flat results, e.g. {"test.image.auc": ..., "test.subject.auc": ...}, and "skipped": the
+      subjects left out under config.data.on_error="skip" ({"subject_id", "file", "problem"}
+      each); also written to WORKDIR/results.json (NaN written as null).
 
     Raises:
       NonFiniteLossError: the loss or gradient became NaN/Inf (the last good checkpoint stays).
@@ -377,6 +378,7 @@ def train_and_evaluate(config, workdir, *, pipeline=input_pipeline) -> dict:
         with atomic.staged():
             results = _final_evaluation(run)
             results["train.steps_per_second"] = steps_per_s
+            results["skipped"] = _skipped(run)
             _write_results(run, results)
         return results
     finally:
@@ -540,9 +542,16 @@ def _final_evaluation(run: _Run) -> dict:
     if jax.process_index() == 0:
         print(f"Results of the checkpoint of step {step}:", flush=True)
         print(evaluate.format_table(results), flush=True)
+        if skipped := _skipped(run):
+            print(reporting.format_skipped(skipped), flush=True)
     flat = evaluate.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.meta["step"])
     return flat
+
+
+def _skipped(run: _Run) -> list[dict]:
+    """The subjects the data left out (a pipeline without skips need not say)."""
+    return [dict(s) for s in getattr(run.info, "skipped", ())]
 
 
 def _write_results(run: _Run, results: dict) -> None:
