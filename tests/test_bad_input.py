@@ -131,6 +131,13 @@ def test_orphan_folder_is_refused_with_the_way_out(cohort, tmp_path):
     assert sum(info.num_examples.values()) > 0
 
 
+# ----------------------------------------------------------------------------- the files
+def test_unreadable_file(cohort, tmp_path):
+    bad = cohort / SID / f"{SID}_t2.nii.gz"
+    bad.write_bytes(os.urandom(4096))  # garbage, e.g. a file another program was still writing
+    _refused(cohort, tmp_path / "work", SID, bad.resolve(), "cannot be read as NIfTI")
+
+
 # ----------------------------------------------------------------------------- non-ASCII names
 def _rename_subject(cohort: Path, old: str, new: str) -> None:
     for f in (cohort / old).iterdir():
