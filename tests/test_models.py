@@ -101,6 +101,33 @@ def test_same_seed_same_parameters_and_counts():
     assert count_params(build("resnet10_tiny", spatial_dims=3)) == 233_066
 
 
+@pytest.mark.parametrize("name, spatial_dims", [("ern_tiny", 2), ("resnet10_tiny", 3)])
+def test_same_seed_same_weights_eager_or_traced(name, spatial_dims):
+    eager = build(name, spatial_dims=spatial_dims)
+    traced = nnx.jit(lambda: build(name, spatial_dims=spatial_dims))()
+    for a, b in zip(*(_weights(m) for m in (eager, traced)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_host_initializer_same_values_eager_or_traced():
+    from ernjax.models import densenet, layers, vgg
+
+    inits = (layers.conv_init, layers.dense_init_fan_in, densenet.conv_init_fan_in)
+    key, shape = jax.random.key(7), (3, 3, 4, 8)
+    for init in (*inits, vgg.dense_init_normal):
+        eager = init(key, shape)
+        np.testing.assert_array_equal(jax.jit(init, static_argnums=1)(key, shape), eager)
+        assert eager.dtype == jnp.float32 and np.asarray(eager).std() > 0
+        # A batch of keys under vmap: one draw per key, as eagerly.
+        keys = jax.random.split(key, 2)
+        batch = jax.jit(jax.vmap(lambda k, init=init: init(k, shape)))(keys)
+        np.testing.assert_array_equal(batch[1], init(keys[1], shape))
+
+
+def _weights(model):
+    return jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))
+
+
 def test_resnet_options_shortcut_a_passes_gradients():
     # MedicalNet-style: type-A (parameter-free) shortcut, stride-2 stem, no max pool.
     model = build("resnet10_tiny", shortcut_type="A", conv1_stride=2, no_max_pool=True)

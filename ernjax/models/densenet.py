@@ -35,7 +35,6 @@ from ernjax.models.layers import (
 _BN = dict(momentum=0.9, epsilon=1e-5)
 # MONAI's conv init: torch `kaiming_normal_` with its default mode fan_in, variance 2 / fan_in.
 conv_init_fan_in = host_init(
-    nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
     lambda rng, shape: rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape),
 )
 

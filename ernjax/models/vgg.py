@@ -38,9 +38,7 @@ CONFIGS = {
     ),
 }
 # torchvision's init of the dense layers: normal(0, 0.01), zero bias.
-dense_init_normal = host_init(
-    nnx.initializers.normal(0.01), lambda rng, shape: rng.normal(0.0, 0.01, shape)
-)
+dense_init_normal = host_init(lambda rng, shape: rng.normal(0.0, 0.01, shape))
 # PyTorch BatchNorm defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
 _BN = dict(momentum=0.9, epsilon=1e-5)
 
