@@ -174,21 +174,15 @@ def test_2d_pointwise_fast_path_equals_lax(stride, padding):
 
 
 def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
-    from ernjax.models.layers import _channels_last_numbers, conv_general_dilated
+    from ernjax.models.cpu_fast_paths import channels_last_numbers
+    from ernjax.models.layers import conv_general_dilated
 
     x, w = rand(*shape), rand(*kernel_shape, seed=1)
-    kw = dict(dimension_numbers=_channels_last_numbers(len(shape)), feature_group_count=groups)
+    kw = dict(dimension_numbers=channels_last_numbers(len(shape)), feature_group_count=groups)
     args = (x, w, (stride,) * (len(shape) - 2), padding)
     fast = jax.jit(lambda a, b: conv_general_dilated(a, b, *args[2:], **kw))
     ref = jax.jit(lambda a, b: jax.lax.conv_general_dilated(a, b, *args[2:], **kw))
-    # The fast path is taken: no convolution left (depthwise, 1x1), or only 2D ones (3D).
-    hlo = fast.lower(x, w).as_text()
-    pointwise = set(kernel_shape[:-2]) == {1}
-    assert (
-        ("stablehlo.convolution" not in hlo)
-        if groups > 1 or pointwise
-        else ("[b, 0, 1, 2, f]" not in hlo)
-    )
+    assert _takes_fast_path(fast.lower(x, w).as_text(), kernel_shape, groups)
     y = ref(x, w)
     np.testing.assert_allclose(fast(x, w), y, rtol=1e-5, atol=1e-5)
     # Gradients too (the training path), under a random cotangent.
@@ -198,6 +192,86 @@ def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
     ]
     for g_fast, g_ref in zip(*grads, strict=True):
         np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def _takes_fast_path(hlo, kernel_shape, groups):
+    """No convolution left (depthwise, 1x1), or only 2D ones (3D)."""
+    if groups > 1 or set(kernel_shape[:-2]) == {1}:
+        return "stablehlo.convolution" not in hlo
+    return "[b, 0, 1, 2, f]" not in hlo
+
+
+# (input, kernel, stride, padding, groups): one case of each conv fast path.
+_FAST_CASES = [
+    ((2, 9, 8, 7, 3), (3, 3, 3, 3, 5), 2, [(1, 1)] * 3, 1),  # 3D conv as 2D
+    ((2, 9, 9, 4), (3, 3, 1, 4), 2, "SAME", 4),  # depthwise as slices
+    ((2, 6, 6, 6, 4), (1, 1, 1, 4, 5), 2, [(0, 0)] * 3, 1),  # 1x1 as a dot
+]
+
+
+def _conv_and_grad(conv_fn, shape, kernel_shape, stride, padding, groups):
+    """Forward and gradient of `conv_fn` as one function of (x, w), for lowering."""
+    from ernjax.models.cpu_fast_paths import channels_last_numbers
+
+    kw = dict(dimension_numbers=channels_last_numbers(len(shape)), feature_group_count=groups)
+    strides = (stride,) * (len(shape) - 2)
+
+    def f(a, b):
+        y = conv_fn(a, b, strides, padding, **kw)
+        return y, jax.grad(lambda u, v: conv_fn(u, v, strides, padding, **kw).sum(), (0, 1))(a, b)
+
+    return f, (rand(*shape), rand(*kernel_shape, seed=1))
+
+
+@pytest.mark.parametrize("shape, kernel_shape, stride, padding, groups", _FAST_CASES)
+def test_switch_off_gives_plain_lax(monkeypatch, shape, kernel_shape, stride, padding, groups):
+    from ernjax.models.layers import conv_general_dilated
+
+    monkeypatch.setenv("ERNJAX_CPU_FAST_PATHS", "0")
+    case = (shape, kernel_shape, stride, padding, groups)
+    ours, args = _conv_and_grad(conv_general_dilated, *case)
+    plain, _ = _conv_and_grad(jax.lax.conv_general_dilated, *case)
+    assert jax.jit(ours).lower(*args).as_text() == jax.jit(plain).lower(*args).as_text()
+
+
+def test_switch_off_gives_lax_max_pool_gradient(monkeypatch):
+    from ernjax.models.layers import max_pool
+
+    monkeypatch.setenv("ERNJAX_CPU_FAST_PATHS", "0")
+    x, pads = rand(1, 7, 6, 5, 2), [(1, 1)] * 3
+    ours = jax.grad(lambda v: max_pool(v, 3, 2, 1).sum())
+    plain = jax.grad(lambda v: nnx.max_pool(v, (3,) * 3, strides=(2,) * 3, padding=pads).sum())
+    assert jax.jit(ours).lower(x).as_text() == jax.jit(plain).lower(x).as_text()
+
+
+def test_switch_with_a_bad_value_is_a_clear_error(monkeypatch):
+    from ernjax.models.layers import max_pool
+
+    monkeypatch.setenv("ERNJAX_CPU_FAST_PATHS", "off")
+    with pytest.raises(ValueError, match=r"ERNJAX_CPU_FAST_PATHS=.off. .* 1 .* or 0"):
+        max_pool(rand(1, 4, 4, 1), 2, 2)
+
+
+@pytest.mark.parametrize("shape, kernel_shape, stride, padding, groups", _FAST_CASES)
+def test_fast_paths_follow_the_platform_lowered_for(shape, kernel_shape, stride, padding, groups):
+    from ernjax.models.layers import conv_general_dilated
+
+    # What runs is decided for the devices the computation is lowered for, not by the default
+    # backend of this (CPU-only) process: exported for a GPU, it is plain lax.
+    case = (shape, kernel_shape, stride, padding, groups)
+    f, args = _conv_and_grad(conv_general_dilated, *case)
+    for platform, fast in (("cpu", True), ("cuda", False), ("rocm", False)):
+        hlo = jax.export.export(jax.jit(f), platforms=[platform])(*args).mlir_module()
+        assert _takes_fast_path(hlo, kernel_shape, groups) == fast, platform
+
+
+def test_max_pool_gradient_follows_the_platform_lowered_for():
+    from ernjax.models.layers import max_pool
+
+    pool = jax.jit(jax.grad(lambda v: max_pool(v, 3, 2, 1).sum()))
+    for platform, fast in (("cpu", True), ("cuda", False)):
+        hlo = jax.export.export(pool, platforms=[platform])(rand(1, 7, 6, 5, 2)).mlir_module()
+        assert ("select_and_scatter" not in hlo) == fast, platform
 
 
 @pytest.mark.parametrize(

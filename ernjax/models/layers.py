@@ -6,12 +6,13 @@ the compute dtype (float32 or bfloat16).
 """
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from ernjax.models import cpu_fast_paths
 
 
 def host_init(sample):
@@ -64,15 +65,11 @@ dense_init_fan_in = host_init(lambda rng, shape: rng.uniform(-1.0, 1.0, shape) /
 def conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kwargs
 ) -> jax.Array:
-    """`lax.conv_general_dilated` with fast paths for the convs XLA:CPU runs slowly.
+    """`lax.conv_general_dilated`, with a faster form where it runs on a CPU.
 
-    On the CPU backend, for an undilated channels-last conv (Flax's layout):
-    - a depthwise conv runs as a sum of shifted slices (`_depthwise_by_slices`);
-    - a 1x1 conv runs as a matrix product (`_pointwise_by_dot`);
-    - any other dense 3D conv runs as one 2D conv with the depth taps folded into the channels
-      (`_conv3d_by_2d`).
-    Anything else, and everything on other backends, is plain lax. Same result to float
-    rounding; `tests/test_models.py` checks values and gradients against lax.
+    The depthwise, 1x1 and dense 3D convs XLA:CPU runs slowly take the forms of
+    `cpu_fast_paths.conv_form` on a CPU (same result to float rounding); anything else, any
+    other platform, and `ERNJAX_CPU_FAST_PATHS=0` give plain lax.
 
     Args:
       lhs: input [B, *spatial, C].
@@ -86,114 +83,24 @@ def conv_general_dilated(
     Returns:
       The convolution output.
     """
-    plain = (
-        jax.default_backend() == "cpu"
-        and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-        and kwargs.get("dimension_numbers") == _channels_last_numbers(lhs.ndim)
-        and kwargs.get("batch_group_count", 1) == 1
-    )
-    if not plain:
+
+    def plain(x, w):
         return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
+            x, w, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs
         )
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
-    padding = [tuple(p) for p in padding]
-    groups = kwargs.get("feature_group_count", 1)
-    if rhs.shape[-2] == 1 and groups == lhs.shape[-1] == rhs.shape[-1]:
-        return _depthwise_by_slices(lhs, rhs, window_strides, padding)
-    if groups == 1 and set(rhs.shape[:-2]) == {1} and set(padding) == {(0, 0)}:
-        return _pointwise_by_dot(lhs, rhs, window_strides, kwargs)
-    if groups == 1 and lhs.ndim == 5:
-        return _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs)
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
-
-def _depthwise_by_slices(lhs, rhs, window_strides, padding):
-    """A depthwise conv as a sum of k^d shifted, strided slices times per-channel weights.
-
-    XLA:CPU runs grouped convolutions with one channel per group 7-60x slower than oneDNN
-    (PyTorch) and their input gradients slower still; this form fuses into one elementwise loop
-    and is about 15x faster forward and 7-10x faster backward (measured on a 2-core CPU,
-    EfficientNet-B0 shapes).
-    """
-    nd = lhs.ndim - 2
-    kernel = rhs.shape[:nd]
-    x = jnp.pad(lhs, [(0, 0), *padding, (0, 0)])
-    out = [(x.shape[1 + a] - kernel[a]) // window_strides[a] + 1 for a in range(nd)]
-    acc_dtype = jnp.promote_types(lhs.dtype, jnp.float32)  # bfloat16 sums in float32
-    y = jnp.zeros((x.shape[0], *out, x.shape[-1]), acc_dtype)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        tap_slice = x[_window(tap, out, window_strides)]
-        y = y + tap_slice.astype(acc_dtype) * rhs[(*tap, 0)].astype(acc_dtype)
-    return y.astype(lhs.dtype)
-
-
-def _window(tap, out, strides):
-    """Index of what kernel tap `tap` sees of a padded [B, *spatial, C] input, for `out` outputs."""
-    return (
-        slice(None),
-        *(slice(t, t + (o - 1) * s + 1, s) for t, o, s in zip(tap, out, strides, strict=True)),
+    fast = cpu_fast_paths.conv_form(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, kwargs
     )
-
-
-def _pointwise_by_dot(lhs, rhs, window_strides, kwargs):
-    """A 1x1 conv as a matrix product over the channel axis (after the stride's subsampling).
-
-    XLA:CPU turns the gradients of a 1x1 conv into convolutions whose window spans the whole
-    image, far slower than the equivalent matrix products: in EfficientNet-B1 at 224 px, batch
-    16, one 16 -> 96 expansion's weight gradient took 290 ms and its input gradient 206 ms, for
-    0.6 GFLOP each (the train step went from 4.22 to 5.18 examples/s with this path).
-    """
-    x = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
-    return jnp.einsum(
-        "...i,io->...o",
-        x,
-        rhs.reshape(rhs.shape[-2:]),
-        precision=kwargs.get("precision"),
-        preferred_element_type=kwargs.get("preferred_element_type"),
-    )
-
-
-def _conv3d_by_2d(lhs, rhs, window_strides, padding, kwargs):
-    """A dense 3D conv as one 2D conv over (H, W) whose channels are the kd depth taps.
-
-    The kd depth-shifted (and depth-strided) copies of the input are stacked on the channel
-    axis and the depth axis is folded into the batch, so the kernel [kd, kh, kw, I, O] becomes
-    a 2D kernel [kh, kw, kd * I, O]. XLA:CPU runs 2D convs and their gradients on much faster
-    paths than 3D ones: on a 2-core CPU, MONAI ResNet-10 shapes at 64^3, the 3x3x3 stride-2
-    conv's input gradient is 30x faster this way, 3x3x3 stride-1 convs 1.5-2.3x, and the 7^3
-    stem's forward 2.8x and its weight gradient 1.2x. The stacked copy holds kd times the
-    input; XLA's planned peak memory of a MONAI ResNet-10 train step (64^3, batch 2) grows 7%
-    (1.41 -> 1.51 GiB), and recomputing the copy in the backward pass (`jax.checkpoint`) did
-    not lower it.
-    """
-    (pd, ph, pw), (sd, sh, sw) = padding, window_strides
-    kd = rhs.shape[0]
-    x = jnp.pad(lhs, [(0, 0), pd, (0, 0), (0, 0), (0, 0)])
-    depth = (x.shape[1] - kd) // sd + 1
-    taps = [x[:, t : t + (depth - 1) * sd + 1 : sd] for t in range(kd)]
-    x = jnp.concatenate(taps, axis=-1)  # [B, D', H, W, kd * I], tap-major
-    w = jnp.moveaxis(rhs, 0, 2).reshape(*rhs.shape[1:3], -1, rhs.shape[-1])  # same order
-    y = jax.lax.conv_general_dilated(
-        x.reshape(x.shape[0] * depth, *x.shape[2:]),  # no -1: sizes may be 0
-        w,
-        (sh, sw),
-        (ph, pw),
-        **{**kwargs, "dimension_numbers": _channels_last_numbers(4)},
-    )
-    return y.reshape(lhs.shape[0], depth, *y.shape[1:])
+    return cpu_fast_paths.on_cpu(fast, plain, lhs, rhs)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
     """Max pooling over every spatial axis of a channels-last [B, *spatial, C] batch.
 
-    On the CPU the gradient is `_max_pool_bwd`'s: XLA:CPU computes the gradient of
-    `lax.reduce_window` max with a variadic reduce-window that carries one int32 index array per
-    axis, 4-5x slower than PyTorch's max_pool3d backward (MONAI ResNet-10 at 64^3: 0.81 s
-    against 0.18 s for forward and backward, 15% of the train step). The forward is
-    `nnx.max_pool` everywhere. A window's gradient goes to one maximum, the first in PyTorch's
-    scan order on the CPU.
+    The forward is `nnx.max_pool` everywhere. On a CPU the gradient is
+    `cpu_fast_paths.max_pool`'s: a window's gradient goes to its first maximum in PyTorch's scan
+    order, 5x faster than XLA:CPU's own; elsewhere, or with `ERNJAX_CPU_FAST_PATHS=0`, lax's.
 
     Args:
       x: the batch.
@@ -204,58 +111,11 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     Returns:
       The pooled batch.
     """
-    if jax.default_backend() != "cpu":
-        return _reduce_window_max(x, window, stride, padding)
-    return _max_pool_cpu(x, window, stride, padding)
-
-
-def _reduce_window_max(x, window, stride, padding):
-    nd = x.ndim - 2
-    pads = [(padding, padding)] * nd
-    return nnx.max_pool(x, (window,) * nd, strides=(stride,) * nd, padding=pads)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_cpu(x, window, stride, padding):
-    return _reduce_window_max(x, window, stride, padding)
-
-
-def _max_pool_fwd(x, window, stride, padding):
-    y = _reduce_window_max(x, window, stride, padding)
-    nd = x.ndim - 2
-    xp = jnp.pad(x, [(0, 0), *[(padding, padding)] * nd, (0, 0)], constant_values=-jnp.inf)
-    # Which tap of its window each output took its maximum from: the first one, in PyTorch's
-    # scan order. One fused loop over the k^d strided slices of the padded input.
-    first = jnp.full(y.shape, window**nd, jnp.int32)
-    for i, tap in reversed(list(enumerate(itertools.product(range(window), repeat=nd)))):
-        first = jnp.where(xp[_window(tap, y.shape[1:-1], (stride,) * nd)] == y, i, first)
-    return y, (first.astype(jnp.int16), x.shape)
-
-
-def _max_pool_bwd(window, stride, padding, residuals, g):
-    first, shape = residuals
-    nd = len(shape) - 2
-    padded = [s + 2 * padding for s in shape[1:-1]]
-    dx = jnp.zeros((shape[0], *padded, shape[-1]), g.dtype)
-    for i, tap in enumerate(itertools.product(range(window), repeat=nd)):
-        # The transpose of a strided slice: zeros between (interior) and around (low, high).
-        config = [(0, 0, 0)]
-        for a, t in enumerate(tap):
-            high = padded[a] - t - (g.shape[1 + a] - 1) * stride - 1
-            config.append((t, high, stride - 1))
-        config.append((0, 0, 0))
-        dx = dx + jax.lax.pad(jnp.where(first == i, g, 0), jnp.zeros((), g.dtype), config)
-    inner = tuple(slice(padding, padding + s) for s in shape[1:-1])
-    return (dx[(slice(None), *inner)],)
-
-
-_max_pool_cpu.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def _channels_last_numbers(ndim: int):
-    """Flax's dimension numbers: input [B, *spatial, C], kernel [*spatial, I, O]."""
-    lhs_spec = (0, ndim - 1, *range(1, ndim - 1))
-    return jax.lax.ConvDimensionNumbers(lhs_spec, (ndim - 1, ndim - 2, *range(ndim - 2)), lhs_spec)
+    return cpu_fast_paths.on_cpu(
+        lambda v: cpu_fast_paths.max_pool(v, window, stride, padding),
+        lambda v: cpu_fast_paths.reduce_window_max(v, window, stride, padding),
+        x,
+    )
 
 
 def conv(
