@@ -21,7 +21,9 @@ import jax
 from absl import app, flags, logging
 
 from benchmarks import common
-from ernjax import input_pipeline, records, train
+from ernjax import train
+from ernjax.data import pipeline as input_pipeline
+from ernjax.data import records
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("configs/brats2018_3d.py", "configs/tcga_lgg_2d.py")

@@ -19,8 +19,9 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax import atomic, evaluate, predictions, reporting, train
+from ernjax import atomic, train
 from ernjax.errors import exit_on_full_disk
+from ernjax.evaluate import predictions, reporting, stats
 
 
 def parse_channel_sets(text: str) -> list[tuple[str, ...]]:
@@ -91,7 +92,7 @@ def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
     }
     delong = delong_table(test, names, positive, ev.subject_method)
     ttests = {
-        n: evaluate.one_sample_ttests(
+        n: stats.one_sample_ttests(
             test[n].probs[:, positive], test[n].label, test[n].class_names, positive=positive
         )
         for n in names
@@ -128,8 +129,8 @@ def delong_table(test: dict, names, positive: int, subject_method: str = "mean")
         for level in ("image", "subject"):
             ya, sa = predictions.roc_data(test[ref], positive, level, subject_method)
             _, sb = predictions.roc_data(test[n], positive, level, subject_method)
-            z, p = evaluate.delong_test(ya.astype(int), sb, sa, positive=1)
-            auc_b, auc_a = evaluate.delong_covariance(ya, [sb, sa])[0]
+            z, p = stats.delong_test(ya.astype(int), sb, sa, positive=1)
+            auc_b, auc_a = stats.delong_covariance(ya, [sb, sa])[0]
             lines.append(f"| {n} | {level} | {auc_b:.3f} | {auc_a:.3f} | {z:.3f} | {p:.3g} |")
     return "\n".join(lines) + "\n"
 

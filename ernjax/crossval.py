@@ -24,9 +24,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ernjax import atomic, predictions, reporting, train
+from ernjax import atomic, train
 from ernjax.errors import exit_on_full_disk
-from ernjax.predictions import Predictions
+from ernjax.evaluate import predictions, reporting
+from ernjax.evaluate.predictions import Predictions
 
 FLAGS = flags.FLAGS
 

@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     d.worker_count = 0  # Grain worker processes (0 = in the main process)
     d.build_workers = 0  # processes loading subjects while building records (0 = all cores)
-    # The synthetic cohort (ernjax.phantoms), used when cohort_dir is "".
+    # The synthetic cohort (ernjax.data.synthetic), used when cohort_dir is "".
     d.synthetic = ml_collections.ConfigDict(
         dict(subjects=60, seed=0, difficulty=0.5, recurrence_fraction=0.66, slice_thickness=0.0)
     )

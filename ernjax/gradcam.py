@@ -29,7 +29,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ernjax import atomic
-from ernjax.preprocess import geometry as geo
+from ernjax.data import geometry as geo
 
 _MAX_LISTED = 40  # submodule names listed in the error for an unknown layer
 

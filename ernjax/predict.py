@@ -7,7 +7,7 @@
 The run's own config (saved with its checkpoints) decides everything: which modalities are
 needed, the preprocessing steps (`config.data.preprocess.steps`, when the training cohort was
 made by `python -m ernjax.preprocess`), the grid, normalization and slices (the same
-`ernjax.samples` code that built the records), the model, and the operating cut-offs, chosen on
+`ernjax.data.samples` code that built the records), the model, and the operating cut-offs, chosen on
 the run's validation predictions as `config.eval` says. Written to OUT (default
 W/predictions/<subject_id>): report.json, Grad-CAM PNGs, and for 3D models gradcam.nii.gz in the
 reference scan's space. The report names the subject by its ID only; file paths stay out of it.
@@ -25,9 +25,11 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from ernjax import atomic, cohort, evaluate, gradcam, predictions, samples, train
+from ernjax import atomic, gradcam, train
 from ernjax.checkpoints import Checkpointer
+from ernjax.data import cohort, samples
 from ernjax.errors import InputError, exit_on_full_disk
+from ernjax.evaluate import predictions, stats
 
 MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
 
@@ -200,7 +202,7 @@ def _probabilities(run: TrainedRun, x: np.ndarray) -> np.ndarray:
 def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[int]) -> dict:
     ev, pos, names = run.config.eval, run.positive, run.class_names
     threshold = run.cutoffs.get("threshold", 0.5)
-    _, score, _ = evaluate.aggregate_by_subject(
+    _, score, _ = stats.aggregate_by_subject(
         probs[:, pos], np.zeros(len(probs), int), [subject_id] * len(probs), ev.subject_method,
         threshold=threshold,
     )  # fmt: skip

@@ -29,10 +29,12 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ernjax import atomic, checkpoints, evaluate, input_pipeline, models, predictions, reporting
+from ernjax import atomic, checkpoints, models
+from ernjax.data import pipeline as input_pipeline
 from ernjax.errors import disk_full_reason
+from ernjax.evaluate import predictions, reporting, stats
+from ernjax.evaluate.predictions import Predictions
 from ernjax.models import pretrained
-from ernjax.predictions import Predictions
 
 _DEVICE_KEYS = ("image", "label", "valid")  # batch fields that go to the devices
 
@@ -454,7 +456,7 @@ def _end_epoch(run: _Run, epoch: int) -> float | None:
     if not run.info.num_examples.get("validation"):
         return None
     results, _ = _evaluate_split(run, run.steps.state["model"], "validation")
-    flat, loss = evaluate.flatten(results), results["loss"]
+    flat, loss = reporting.flatten(results), results["loss"]
     step, auc = epoch * run.steps_per_epoch, flat["image.auc"]
     shown = {f"validation/{k}": v for k, v in flat.items() if k.rsplit(".", 1)[-1] in _TB_METRICS}
     run.writer.scalars(step, {"validation/loss": loss, **shown})
@@ -504,7 +506,7 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
         probs=out["probs"][keep],
         class_names=run.info.class_names,
     )
-    results = evaluate.evaluate_predictions(
+    results = stats.evaluate_predictions(
         preds.probs,
         preds.label,
         preds.subject_id,
@@ -541,10 +543,10 @@ def _final_evaluation(run: _Run) -> dict:
     }
     if jax.process_index() == 0:
         print(f"Results of the checkpoint of step {step}:", flush=True)
-        print(evaluate.format_table(results), flush=True)
+        print(reporting.format_table(results), flush=True)
         if skipped := _skipped(run):
             print(reporting.format_skipped(skipped), flush=True)
-    flat = evaluate.flatten(results)
+    flat = reporting.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.meta["step"])
     return flat
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import configs.ern
-from ernjax import input_pipeline, train
+from ernjax import train
+from ernjax.data import pipeline as input_pipeline
 from ernjax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ import pytest
 from test_records import DUMMY, small_data
 
 import configs.ern
-from ernjax import records, splits, train
+from ernjax import train
+from ernjax.data import records, splits
 from ernjax.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ import pytest
 
 import configs.ern
 import configs.resnet3d
-from ernjax import phantoms, records, samples
-from ernjax.cohort import Subject
+from ernjax.data import geometry as geo
+from ernjax.data import records, samples, synthetic
+from ernjax.data.cohort import Subject
 from ernjax.errors import InputError
-from ernjax.preprocess import geometry as geo
 from ernjax.preprocess import runner
 
 SID = "syn-0001"
@@ -29,7 +29,7 @@ HALF_GRID = "Mask: shape 50x59x48, voxel 2, 2, 2 mm, origin (-98, -134, -72) mm,
 def phantom(tmp_path_factory):
     """One phantom subject (t1, t2, t1c; lesion mask array) and its affine."""
     root = tmp_path_factory.mktemp("phantom")
-    arrays, affine = phantoms.make_subject(0, 1, "recurrence")
+    arrays, affine = synthetic.make_subject(0, 1, "recurrence")
     files = {m: root / SID / f"{SID}_{m}.nii.gz" for m in MODS}
     for m, f in files.items():
         geo.save_image(geo.Image(arrays[m], affine), f)

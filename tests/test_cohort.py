@@ -1,4 +1,4 @@
-"""ernjax.cohort: the five real folders load with only patterns changed; every bad input names
+"""ernjax.data.cohort: the five real folders load with only patterns changed; every bad input names
 the subject, the file and the problem, or is skipped and recorded under on_error="skip"."""
 
 import logging
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ernjax.cohort import find_subjects
+from ernjax.data.cohort import find_subjects
 from ernjax.errors import InputError
 
 BRATS18 = {m: f"*_{m}.nii.gz" for m in ("t1", "t1c", "t2", "flair")}

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernjax import compare, crossval, defaults, predictions, train
-from ernjax.predictions import Predictions
+from ernjax import compare, crossval, defaults, train
+from ernjax.evaluate import predictions
+from ernjax.evaluate.predictions import Predictions
 
 CLASSES = ("necrosis", "recurrence")
 TEST_SUBJECTS = [f"t{j}" for j in range(8)]

@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from ernjax import evaluate as ev
-from ernjax import reporting
 from ernjax.errors import InputError
+from ernjax.evaluate import reporting
+from ernjax.evaluate import stats as ev
 
 CLASSES = ("necrosis", "recurrence")  # Gao 2020: 0 = necrosis, 1 = recurrence (positive)
 
@@ -319,13 +319,13 @@ def test_bad_inputs_are_refused_clearly():
 def test_flatten_keys_and_cis():
     probs, labels, ids = _cohort(n_subjects=9, slices=2)
     r = ev.evaluate_predictions(probs, labels, ids, positive=1, class_names=CLASSES)
-    flat = ev.flatten({"test": r})
+    flat = reporting.flatten({"test": r})
     assert flat["test.image.auc"] == r["image"]["auc"]
     assert flat["test.subject.auc_ci_low"] == r["subject"]["auc_ci"][0]
     assert flat["test.image.sensitivity_ci_high"] == r["image"]["sensitivity_ci"][1]
     assert all(isinstance(v, float) for v in flat.values())
     assert not any(k.endswith(("notes", "positive_class", "auc_ci")) for k in flat)
-    assert ev.flatten(r["image"], "val")["val.n"] == r["image"]["n"]
+    assert reporting.flatten(r["image"], "val")["val.n"] == r["image"]["n"]
 
 
 def test_table_formats_name_the_positive_class():
@@ -336,8 +336,8 @@ def test_table_formats_name_the_positive_class():
             probs[:, ::-1] * 0.5 + 0.25, labels, ids, positive=1, class_names=CLASSES
         ),
     }
-    text = ev.format_table(results)
-    md = ev.format_table(results, fmt="markdown")
+    text = reporting.format_table(results)
+    md = reporting.format_table(results, fmt="markdown")
     for table in (text, md):
         assert "Sensitivity [positive: recurrence]" in table and "ERN-Net T1c subject" in table
         assert "Wilson" in table and "DeLong" in table
@@ -345,14 +345,14 @@ def test_table_formats_name_the_positive_class():
     lo, hi = m["auc_ci"]
     assert f"{m['auc']:.3f} ({lo:.3f}-{hi:.3f})" in md
     assert md.splitlines()[1].startswith("| --- |") and len(md.splitlines()) == 8
-    rows = list(csv.DictReader(io.StringIO(ev.format_table(results, fmt="csv"))))
+    rows = list(csv.DictReader(io.StringIO(reporting.format_table(results, fmt="csv"))))
     assert len(rows) == 4 and rows[0]["positive_class"] == "recurrence"
     assert float(rows[0]["auc_ci_low"]) == lo and int(rows[1]["n"]) == 12
     ying = ev.evaluate_predictions(probs, labels, ids, positive=0, class_names=CLASSES)
-    mixed = ev.format_table({"gao": results["ERN-Net T1c"], "ying": ying}, fmt="markdown")
+    mixed = reporting.format_table({"gao": results["ERN-Net T1c"], "ying": ying}, fmt="markdown")
     assert "positive class" in mixed and "| ying image | necrosis |" in mixed
     with pytest.raises(ValueError, match="latex"):
-        ev.format_table(results, fmt="latex")
+        reporting.format_table(results, fmt="latex")
 
 
 def test_plot_roc_writes_png(tmp_path):
@@ -363,7 +363,7 @@ def test_plot_roc_writes_png(tmp_path):
         "ResNet-18": (labels, weak),
         "one class": (np.ones(5), np.linspace(0, 1, 5)),
     }
-    path = ev.plot_roc(curves, tmp_path / "roc" / "image.png", "Image-wise ROC",
+    path = reporting.plot_roc(curves, tmp_path / "roc" / "image.png", "Image-wise ROC",
                        positive_class="recurrence")  # fmt: skip
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

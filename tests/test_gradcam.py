@@ -13,8 +13,8 @@ from matplotlib import image as mpimg
 from model_helpers import rand
 
 from ernjax import gradcam as gc
-from ernjax import samples
-from ernjax.cohort import Subject
+from ernjax.data import samples
+from ernjax.data.cohort import Subject
 from ernjax.defaults import base_config
 
 

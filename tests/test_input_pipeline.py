@@ -1,4 +1,4 @@
-"""ernjax.input_pipeline: shuffling, resumable state, exactly-once eval, folds, augmentation."""
+"""ernjax.data.pipeline: shuffling, resumable state, exactly-once eval, folds, augmentation."""
 
 import shutil
 from pathlib import Path
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import configs.resnet3d
-from ernjax import input_pipeline as ip
+from ernjax.data import pipeline as ip
+from ernjax.data import prepare
 
 DUMMY = Path(__file__).resolve().parents[1] / "data_builders" / "ernjax_mri" / "dummy_data"
 
@@ -75,19 +76,19 @@ def test_eval_sees_every_example_once(setup):
 
 def test_folds_partition_the_non_test_subjects(setup):
     cfg, info, work = setup
-    from ernjax import records
+    from ernjax.data import records
 
     index = records.open_records(info.records_dir).index
     validation = []
     for k in range(2):
-        parts = ip.select_parts(index, k)
+        parts = prepare.select_parts(index, k)
         sid = lambda p: index["splits"][p[0]]["subject_id"][p[1]]  # noqa: E731
         train, val = {sid(p) for p in parts["train"]}, {sid(p) for p in parts["validation"]}
         assert not train & val and len(train | val) == 8
         validation += sorted(val)
     assert len(validation) == len(set(validation)) == 8
     with pytest.raises(ValueError, match="fold 5"):
-        ip.select_parts(index, 5)
+        prepare.select_parts(index, 5)
 
 
 def test_augment_keeps_background_and_shape():

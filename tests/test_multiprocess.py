@@ -11,7 +11,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-from ernjax import predictions, records
+from ernjax.data import records
+from ernjax.evaluate import predictions
 
 REPO = Path(__file__).resolve().parents[1]
 

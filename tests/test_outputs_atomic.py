@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from test_train import FakePipeline, compile_cache, tiny_config  # noqa: F401 (a fixture)
 
-from ernjax import errors, predictions, reporting, train
+from ernjax import errors, train
+from ernjax.evaluate import predictions, reporting
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = "No space left on device"
@@ -99,7 +100,7 @@ def _metrics(version: int) -> dict:
 
 
 def _write_nifti(folder: Path, version: int) -> None:
-    from ernjax.preprocess.geometry import Image, save_image
+    from ernjax.data.geometry import Image, save_image
 
     data = np.full((6, 5, 4), float(version), np.float32)
     save_image(Image(data, np.eye(4)), folder / "sub-01_t1.nii.gz")

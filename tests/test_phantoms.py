@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ernjax import phantoms
-from ernjax.preprocess.geometry import load_image
+from ernjax.data import synthetic
+from ernjax.data.geometry import load_image
 
 N_SUBJECTS = 9  # 9 * 0.66 -> 6 recurrences, 3 necroses
 
@@ -22,14 +22,15 @@ def read_labels(cohort):
 
 def load_subject(cohort, sid):
     return {
-        m: nib.load(str(cohort / sid / f"{sid}_{m}.nii.gz")) for m in (*phantoms.MODALITIES, "mask")
+        m: nib.load(str(cohort / sid / f"{sid}_{m}.nii.gz"))
+        for m in (*synthetic.MODALITIES, "mask")
     }
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("phantoms") / "cohort"
-    return phantoms.write_cohort(out, subjects=N_SUBJECTS, seed=3)
+    return synthetic.write_cohort(out, subjects=N_SUBJECTS, seed=3)
 
 
 def test_template_loads_offline(monkeypatch):
@@ -37,7 +38,7 @@ def test_template_loads_offline(monkeypatch):
         raise AssertionError("the MNI152 template must not be downloaded")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    tmpl = phantoms._template.__wrapped__(2.0)
+    tmpl = synthetic._template.__wrapped__(2.0)
     assert tmpl["shape"] == (99, 117, 95)
     assert tmpl["maps"]["mask"].sum() > 200_000  # about 1.9 litres of brain at 8 mm^3
 
@@ -47,7 +48,7 @@ def test_layout_and_labels(cohort):
     with open(cohort / "labels.csv") as fh:
         assert fh.readline().strip() == "subject_id,label,lesion_slices"
     assert [r["subject_id"] for r in rows] == [f"syn-{i:04d}" for i in range(1, N_SUBJECTS + 1)]
-    assert {r["label"] for r in rows} <= set(phantoms.CLASSES)
+    assert {r["label"] for r in rows} <= set(synthetic.CLASSES)
     assert sorted(p.name for p in cohort.iterdir() if p.is_dir()) == [r["subject_id"] for r in rows]
     params = json.loads((cohort / "cohort.json").read_text())
     assert params["subjects"] == N_SUBJECTS and params["seed"] == 3
@@ -66,7 +67,7 @@ def test_class_ratio(cohort):
     labels = [r["label"] for r in read_labels(cohort)]
     assert labels.count("recurrence") == round(N_SUBJECTS * 0.66)
     for n, f in [(60, 0.66), (146, 96 / 146), (7, 0.0), (7, 1.0), (11, 0.5)]:
-        got = phantoms._labels(n, 0, f)
+        got = synthetic._labels(n, 0, f)
         assert len(got) == n and got.count("recurrence") == round(n * f)
 
 
@@ -78,8 +79,8 @@ def test_lesion_slices_match_mask_inside_brain(cohort):
         assert mask.any(), sid
         stored = [int(k) for k in r["lesion_slices"].split(";")]
         assert stored == list(np.flatnonzero(mask.any(axis=(0, 1))))
-        assert stored == phantoms.lesion_slices(mask.astype(np.uint8))
-        for m in phantoms.MODALITIES:
+        assert stored == synthetic.lesion_slices(mask.astype(np.uint8))
+        for m in synthetic.MODALITIES:
             data = np.asarray(imgs[m].dataobj)
             assert (data[mask] > 0).all(), (
                 sid,
@@ -90,12 +91,12 @@ def test_lesion_slices_match_mask_inside_brain(cohort):
 
 def test_determinism(tmp_path):
     kw = dict(subjects=2, seed=5, spacing=4.0)
-    a = phantoms.write_cohort(tmp_path / "a", **kw)
-    b = phantoms.write_cohort(tmp_path / "b", **kw)
-    c = phantoms.write_cohort(tmp_path / "c", **{**kw, "seed": 6})
+    a = synthetic.write_cohort(tmp_path / "a", **kw)
+    b = synthetic.write_cohort(tmp_path / "b", **kw)
+    c = synthetic.write_cohort(tmp_path / "c", **{**kw, "seed": 6})
     assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()
     for sid in ("syn-0001", "syn-0002"):
-        for m in (*phantoms.MODALITIES, "mask"):
+        for m in (*synthetic.MODALITIES, "mask"):
             name = f"{sid}/{sid}_{m}.nii.gz"
             x, y = (np.asarray(nib.load(str(d / name)).dataobj) for d in (a, b))
             np.testing.assert_array_equal(x, y)
@@ -104,10 +105,10 @@ def test_determinism(tmp_path):
 
 
 def test_normal_tissue_contrasts():
-    tmpl = phantoms._template(2.0)
+    tmpl = synthetic._template(2.0)
     maps = dict(tmpl["maps"])
     maps["csf"] = np.clip(maps["mask"] - maps["gm"] - maps["wm"], 0, 1)
-    vols = phantoms._contrasts(np.random.default_rng(0), maps)
+    vols = synthetic._contrasts(np.random.default_rng(0), maps)
     means = {
         m: {t: float(v[maps[t] > 0.9].mean()) for t in ("csf", "gm", "wm")} for m, v in vols.items()
     }
@@ -130,20 +131,20 @@ def lesion_measures(arrays):
 
 
 def test_lesion_contrasts_follow_the_papers():
-    measures = {c: [] for c in phantoms.CLASSES}
+    measures = {c: [] for c in synthetic.CLASSES}
     for i in range(1, 7):
-        label = phantoms.CLASSES[i % 2]
-        arrays, _ = phantoms.make_subject(11, i, label, difficulty=0.5)
+        label = synthetic.CLASSES[i % 2]
+        arrays, _ = synthetic.make_subject(11, i, label, difficulty=0.5)
         measures[label].append(lesion_measures(arrays))
     enh = {c: np.array([m[0] for m in v]) for c, v in measures.items()}
     edema = {c: np.mean([m[1] for m in v]) for c, v in measures.items()}
-    for c in phantoms.CLASSES:
+    for c in synthetic.CLASSES:
         assert (enh[c] > 1.3).all(), (c, enh[c])  # enhancing part brighter than normal brain on T1c
     assert edema["recurrence"] > 1.5 * edema["necrosis"], edema  # infiltrative vs focal (Ying)
 
 
 def test_necrosis_core_does_not_enhance():
-    arrays, _ = phantoms.make_subject(0, 1, "necrosis", difficulty=0.0)
+    arrays, _ = synthetic.make_subject(0, 1, "necrosis", difficulty=0.0)
     mask = arrays["mask"] > 0
     t1c = arrays["t1c"].astype(np.float32)
     centre = tuple(int(round(c)) for c in ndimage.center_of_mass(mask))
@@ -153,12 +154,12 @@ def test_necrosis_core_does_not_enhance():
 
 
 def test_thick_slices(tmp_path):
-    arrays, affine = phantoms.make_subject(0, 1, "recurrence", slice_thickness=6.0)
+    arrays, affine = synthetic.make_subject(0, 1, "recurrence", slice_thickness=6.0)
     np.testing.assert_allclose(np.sqrt((affine[:3, :3] ** 2).sum(0)), [2.0, 2.0, 6.0])
     assert arrays["t1"].shape == (99, 117, round(95 * 2 / 6))
     assert abs(affine[2, 3] - (-72.0 + 2.0)) < 1e-6  # first slab centred on the old first 3 slices
     assert arrays["mask"].any()
-    out = phantoms.write_cohort(
+    out = synthetic.write_cohort(
         tmp_path / "thick", subjects=1, seed=0, slice_thickness=8.0, spacing=4.0
     )
     img = nib.load(str(out / "syn-0001" / "syn-0001_flair.nii.gz"))
@@ -166,33 +167,33 @@ def test_thick_slices(tmp_path):
     np.testing.assert_allclose(img.header.get_qform(), img.affine)
     row = read_labels(out)[0]
     mask = np.asarray(nib.load(str(out / "syn-0001" / "syn-0001_mask.nii.gz")).dataobj)
-    assert [int(k) for k in row["lesion_slices"].split(";")] == phantoms.lesion_slices(mask)
+    assert [int(k) for k in row["lesion_slices"].split(";")] == synthetic.lesion_slices(mask)
 
 
 def test_existing_cohort_is_reused_and_replaced_when_parameters_change(tmp_path):
     out = tmp_path / "c"
     kw = dict(subjects=1, seed=0, spacing=4.0)
-    phantoms.write_cohort(out, **kw)
+    synthetic.write_cohort(out, **kw)
     (out / "sentinel").write_text("kept")
-    assert phantoms.write_cohort(out, **kw) == out
+    assert synthetic.write_cohort(out, **kw) == out
     assert (out / "sentinel").exists()  # reused, not rewritten
-    phantoms.write_cohort(out, **{**kw, "seed": 1})
+    synthetic.write_cohort(out, **{**kw, "seed": 1})
     assert not (out / "sentinel").exists()
     assert json.loads((out / "cohort.json").read_text())["seed"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no temp folders left behind
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    real = phantoms.make_subject
+    real = synthetic.make_subject
 
     def fail_second(seed, index, *args, **kwargs):
         if index == 2:
             raise KeyboardInterrupt
         return real(seed, index, *args, **kwargs)
 
-    monkeypatch.setattr(phantoms, "make_subject", fail_second)
+    monkeypatch.setattr(synthetic, "make_subject", fail_second)
     with pytest.raises(KeyboardInterrupt):
-        phantoms.write_cohort(tmp_path / "c", subjects=3, spacing=4.0)
+        synthetic.write_cohort(tmp_path / "c", subjects=3, spacing=4.0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -200,7 +201,7 @@ def test_foreign_folder_and_bad_parameters(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "scan.nii.gz").write_text("x")
     with pytest.raises(FileExistsError):
-        phantoms.write_cohort(tmp_path / "mine", subjects=1, spacing=4.0)
+        synthetic.write_cohort(tmp_path / "mine", subjects=1, spacing=4.0)
     for bad in (
         dict(subjects=0),
         dict(difficulty=1.5),
@@ -209,13 +210,13 @@ def test_foreign_folder_and_bad_parameters(tmp_path):
         dict(spacing=1.0),
     ):
         with pytest.raises(ValueError):
-            phantoms.write_cohort(tmp_path / "x", **bad)
+            synthetic.write_cohort(tmp_path / "x", **bad)
     with pytest.raises(ValueError):
-        phantoms.make_subject(0, 1, "glioma")
+        synthetic.make_subject(0, 1, "glioma")
 
 
 def test_command_line(tmp_path, capsys):
-    phantoms.main(
+    synthetic.main(
         [
             "--out",
             str(tmp_path / "cli"),

@@ -8,8 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ernjax import predict, predictions, train
+from ernjax import predict, train
 from ernjax.errors import InputError
+from ernjax.evaluate import predictions
 
 REPO = Path(__file__).resolve().parents[1]
 

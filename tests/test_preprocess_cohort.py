@@ -12,8 +12,8 @@ import pytest
 from test_preprocess_steps import head, rigid, seen_through
 
 from ernjax import defaults
+from ernjax.data.geometry import Image, load_image, resample, save_image
 from ernjax.preprocess import register, runner, skullstrip
-from ernjax.preprocess.geometry import Image, load_image, resample, save_image
 
 MODALITIES = {"t1": "*_t1.nii.gz", "t2": "*_t2.nii.gz"}
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ernjax import defaults
+from ernjax.data.geometry import load_image
 from ernjax.errors import InputError
 from ernjax.preprocess import dicom, runner
-from ernjax.preprocess.geometry import load_image
 
 SECRETS = ("Doe^Jane", "Doe", "PID-SECRET-4711", "19610203")
 

@@ -5,9 +5,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ernjax.data.geometry import Image, resample
 from ernjax.errors import InputError
 from ernjax.preprocess import bias, pipeline, register, skullstrip
-from ernjax.preprocess.geometry import Image, resample
 
 N, SPACING = 36, 2.0
 

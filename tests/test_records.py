@@ -1,4 +1,4 @@
-"""ernjax.records: caching by settings, atomic builds, skips recorded, real cohorts."""
+"""ernjax.data.records: caching by settings, atomic builds, skips recorded, real cohorts."""
 
 import json
 import shutil
@@ -11,7 +11,7 @@ import pytest
 
 import configs.ern
 import configs.resnet3d
-from ernjax import records
+from ernjax.data import records
 from ernjax.errors import InputError
 
 DUMMY = Path(__file__).resolve().parents[1] / "data_builders" / "ernjax_mri" / "dummy_data"

@@ -1,4 +1,4 @@
-"""ernjax.samples: geometry before sampling (orientation, grids, crop, layout, resize, affine),
+"""ernjax.data.samples: geometry before sampling (orientation, grids, crop, layout, resize, affine),
 lesion slices, float16 storage, bad input naming the subject and the file, and real cohorts."""
 
 import functools
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ernjax import samples
-from ernjax.cohort import Subject, find_subjects
+from ernjax.data import geometry as geo
+from ernjax.data import samples
+from ernjax.data.cohort import Subject, find_subjects
 from ernjax.defaults import base_config
 from ernjax.errors import InputError
-from ernjax.preprocess import geometry as geo
 
 MODS = ("t1", "t2", "t1c")
 SHAPE = (20, 24, 14)  # stored (x, y, z) of the synthetic scans

@@ -1,10 +1,10 @@
-"""ernjax.splits: stratified, subject-grouped, seeded splits and cross-validation folds."""
+"""ernjax.data.splits: stratified, subject-grouped, seeded splits and cross-validation folds."""
 
 from collections import Counter
 
 import pytest
 
-from ernjax.splits import assign_splits, select_fold
+from ernjax.data.splits import assign_splits, select_fold
 
 KW = dict(test=0.2, validation=0.2, folds=5, seed=0)
 

@@ -3,14 +3,14 @@
 Run `python -m data_builders.ernjax_mri.make_dummy_data` to regenerate (deterministic). Each
 subject has T1, T1c, T2, FLAIR and a lesion mask on a 20 x 24 x 10 grid (2 x 2 x 4 mm): an
 ellipsoidal "brain" with a spherical lesion, enhancing as a ring (necrosis) or solid
-(recurrence). Real-looking cohorts come from `ernjax.phantoms`; this one only has to be small.
+(recurrence). Real-looking cohorts come from `ernjax.data.synthetic`; this one only has to be small.
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from ernjax.preprocess.geometry import Image, save_image
+from ernjax.data.geometry import Image, save_image
 
 OUT = Path(__file__).parent / "dummy_data"
 SHAPE = (20, 24, 10)

@@ -8,7 +8,7 @@ evaluated at full resolution, which keeps the correction smooth and fast.
 import numpy as np
 import SimpleITK as sitk
 
-from ernjax.preprocess.geometry import Image
+from ernjax.data.geometry import Image
 from ernjax.preprocess.register import to_sitk
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ernjax.data.geometry import Image, load_image, save_image
 from ernjax.errors import InputError
-from ernjax.preprocess.geometry import Image, load_image, save_image
 
 # Checked in order: FLAIR descriptions often also say T2, post-contrast T1 ones also say T1.
 _GUESSES = (

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ernjax.data.geometry import Image, bounding_box, normalize, reorient_canonical, resample
 from ernjax.errors import InputError
 from ernjax.preprocess import bias, register, skullstrip
-from ernjax.preprocess.geometry import Image, bounding_box, normalize, reorient_canonical, resample
 
 STEPS = ("reorient", "n4", "coregister", "mni", "skullstrip", "normalize", "crop")
 # Registration to the template always runs on its 2 mm version: as accurate for 12 DOF, 8x faster.

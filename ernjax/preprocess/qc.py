@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ernjax import atomic
-from ernjax.preprocess.geometry import Image, reorient_canonical, resample
+from ernjax.data.geometry import Image, reorient_canonical, resample
 
 
 def _centre(data: np.ndarray, mask: np.ndarray | None) -> tuple[int, ...]:

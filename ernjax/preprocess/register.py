@@ -13,8 +13,8 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
+from ernjax.data.geometry import Image, resample
 from ernjax.errors import InputError
-from ernjax.preprocess.geometry import Image, resample
 
 # RAS+ (NIfTI, nibabel) <-> LPS+ (DICOM, ITK) world coordinates: flip x and y.
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ernjax.data.geometry import Image, resample
 from ernjax.preprocess.bias import head_mask
-from ernjax.preprocess.geometry import Image, resample
 
 # name -> fn(image, weights_path) -> boolean brain mask on the image grid
 _LEARNED: dict[str, Callable[[Image, Path], np.ndarray]] = {}

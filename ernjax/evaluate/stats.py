@@ -7,7 +7,7 @@ setting (Gao: recurrence, Ying: necrosis) and travels with every result. A value
 
 Thresholds are chosen on validation data only: `choose_thresholds(validation...)` returns the
 keyword arguments that `evaluate_predictions(test...)` takes. Tables and ROC figures live in
-`ernjax.reporting`; `flatten`, `format_table` and `plot_roc` are re-exported here.
+`ernjax.evaluate.reporting`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from ernjax.errors import InputError
-from ernjax.reporting import flatten, format_table, plot_roc  # noqa: F401  (public API here too)
 
 PROPORTION_CI_METHODS = ("wilson", "wilson_cc", "exact", "wald")
 AUC_CI_METHODS = ("delong", "bootstrap")

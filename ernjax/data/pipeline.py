@@ -1,134 +1,21 @@
-"""Records -> device-ready batches with Grain: shuffling, augmentation, batching, fold selection.
+"""Records -> device-ready batches with Grain: shuffling, augmentation, batching.
 
-`prepare` makes the records (writing the synthetic cohort first when no cohort is configured);
 `train_iterator` gives an endless, per-epoch reshuffled, augmented stream whose position can be
 checkpointed; `eval_iterator` sees every example exactly once, padding the last batch with
 `valid=False` so the compiled step keeps one shape. Both give this process's share of each
 global batch (global batch / process count), ready for `jax.make_array_from_process_local_data`.
+The data layout they read comes from `ernjax.data.prepare`.
 """
 
-import dataclasses
-import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import grain.python as grain
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from scipy import ndimage
 
-from ernjax import records as records_lib
-from ernjax import splits
-
-SPLITS = ("train", "validation", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-    """What the trainer needs to know about the data (see `prepare`)."""
-
-    records_dir: str
-    kind: str  # "slices2d" | "volumes3d"
-    image_shape: tuple[int, ...]  # per example, channels last
-    class_names: tuple[str, ...]
-    num_examples: dict[str, int]  # "train", "validation", "test" after fold selection
-    train_class_counts: tuple[int, ...]
-    parts: dict[str, tuple[tuple[str, int], ...]]  # split -> (stored split, record index) pairs
-    # Subjects left out under on_error="skip": {"subject_id", "file" (relative to the cohort
-    # folder), "problem"} each, for results.json and the printed summary.
-    skipped: tuple[dict, ...] = ()
-
-    def subject_ids(self, split: str) -> list[str]:
-        """Subject of each example of `split`, in iteration order of `eval_iterator`."""
-        index = records_lib.open_records(self.records_dir).index["splits"]
-        return [index[s]["subject_id"][i] for s, i in self.parts[split]]
-
-
-def cohort_dir(config, workdir) -> Path:
-    """The configured cohort, or the synthetic one (written under WORKDIR on first use)."""
-    d = config.data
-    if d.cohort_dir:
-        return Path(d.cohort_dir)
-    from ernjax import phantoms
-
-    s = d.synthetic
-    return phantoms.write_cohort(
-        Path(workdir) / "synthetic_cohort",
-        subjects=s.subjects,
-        seed=s.seed,
-        difficulty=s.difficulty,
-        recurrence_fraction=s.recurrence_fraction,
-        slice_thickness=s.slice_thickness,
-    )
-
-
-def prepare(config, workdir) -> DataInfo:
-    """Writes the synthetic cohort and builds the records if needed; returns the data layout.
-
-    Args:
-      config: the full config (reads `config.data`).
-      workdir: the run's working directory.
-
-    Returns:
-      A DataInfo with splits chosen by `config.data.fold` (-1: train/validation as built;
-      k >= 0: fold k of the non-test subjects validates, the other folds train).
-    """
-    records_dir = config.data.records_dir or str(Path(workdir) / "records")
-    if jax.process_index() == 0:
-        cohort = cohort_dir(config, workdir)
-        recs = records_lib.build(config.data, cohort, records_dir)
-    if jax.process_count() > 1:
-        # Process 0 writes the cohort and the records; the others then find them on a shared
-        # file system (or, without one, build their own copy after the barrier).
-        multihost_utils.sync_global_devices("ernjax: records built")
-    if jax.process_index() != 0:
-        cohort = cohort_dir(config, workdir)
-        recs = records_lib.build(config.data, cohort, records_dir)
-    parts = select_parts(recs.index, config.data.fold)
-    labels = {s: [recs.index["splits"][p]["label"][i] for p, i in parts[s]] for s in SPLITS}
-    n_classes = len(recs.index["class_names"])
-    info = DataInfo(
-        records_dir=str(recs.path),
-        kind=recs.index["kind"],
-        image_shape=tuple(recs.index["image_shape"]),
-        class_names=tuple(recs.index["class_names"]),
-        num_examples={s: len(parts[s]) for s in SPLITS},
-        train_class_counts=tuple(
-            int(np.sum(np.equal(labels["train"], k))) for k in range(n_classes)
-        ),
-        parts=parts,
-        skipped=tuple(_skip_entry(x, cohort) for x in recs.index["skipped"]),
-    )
-    logging.info(
-        "data: %s examples %s, train class counts %s",
-        info.kind,
-        info.num_examples,
-        dict(zip(info.class_names, info.train_class_counts, strict=True)),
-    )
-    return info
-
-
-def _skip_entry(skip: dict, cohort: Path) -> dict:
-    """A records index skip entry as outputs show it: the file relative to the cohort folder."""
-    path, root = Path(skip["path"]), Path(cohort).resolve()
-    file = str(path.relative_to(root)) if path.is_relative_to(root) else skip["path"]
-    return {"subject_id": skip["subject_id"], "file": file, "problem": skip["problem"]}
-
-
-def select_parts(index: dict, fold: int) -> dict[str, tuple[tuple[str, int], ...]]:
-    """Maps each split to (stored split, record index) pairs, applying the fold selection.
-
-    Raises:
-      ValueError: `fold` >= 0 names a fold that holds no subject.
-    """
-    stored = index["splits"]
-    pairs = [(s, i) for s in SPLITS for i in range(len(stored.get(s, {}).get("label", [])))]
-    if fold < 0:
-        return {s: tuple(p for p in pairs if p[0] == s) for s in SPLITS}
-    split_of = splits.select_fold(index["assignment"], fold)
-    subject = lambda p: stored[p[0]]["subject_id"][p[1]]  # noqa: E731
-    return {s: tuple(p for p in pairs if split_of[subject(p)] == s) for s in SPLITS}
+from ernjax.data import records as records_lib
+from ernjax.data.prepare import DataInfo, prepare  # noqa: F401  (prepare: the trainer's data seam)
 
 
 class _Source(grain.RandomAccessDataSource):

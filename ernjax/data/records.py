@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from data_builders.ernjax_mri import ernjax_mri_dataset_builder as builder_lib
+from ernjax.data import builder as builder_lib
 
 # config.data fields that change what is written (augmentation, fold and workers do not).
 _RECORD_FIELDS = (

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ernjax import atomic, evaluate, reporting
+from ernjax import atomic
 from ernjax.errors import InputError
+from ernjax.evaluate import reporting, stats
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ def thresholds(eval_config, validation: Predictions | None, positive: int) -> di
     """
     if validation is None or not len(validation):
         return {}
-    return evaluate.choose_thresholds(
+    return stats.choose_thresholds(
         validation.probs,
         validation.label,
         validation.subject_id,
@@ -91,7 +92,7 @@ def thresholds(eval_config, validation: Predictions | None, positive: int) -> di
 
 
 def score(eval_config, preds: Predictions, positive: int, cutoffs: dict | None = None) -> dict:
-    """`evaluate.evaluate_predictions` with the CI methods and subject rule of `config.eval`.
+    """`stats.evaluate_predictions` with the CI methods and subject rule of `config.eval`.
 
     Args:
       eval_config: `config.eval`.
@@ -100,9 +101,9 @@ def score(eval_config, preds: Predictions, positive: int, cutoffs: dict | None =
       cutoffs: from `thresholds` on validation predictions ({} or None: the defaults).
 
     Returns:
-      {"image": metrics, "subject": metrics} (see `evaluate.evaluate_predictions`).
+      {"image": metrics, "subject": metrics} (see `stats.evaluate_predictions`).
     """
-    return evaluate.evaluate_predictions(
+    return stats.evaluate_predictions(
         preds.probs,
         preds.label,
         preds.subject_id,
@@ -123,7 +124,7 @@ def roc_data(preds: Predictions, positive: int, level: str = "image", subject_me
     score = preds.probs[:, positive]
     if level == "image":
         return preds.label == positive, score
-    _, s_score, s_label = evaluate.aggregate_by_subject(
+    _, s_score, s_label = stats.aggregate_by_subject(
         score, preds.label, preds.subject_id, subject_method
     )
     return s_label == positive, s_score

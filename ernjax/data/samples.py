@@ -31,8 +31,8 @@ import dataclasses
 
 import numpy as np
 
+from ernjax.data import geometry as geo
 from ernjax.errors import InputError
-from ernjax.preprocess import geometry as geo
 
 MIN_COVERAGE = 0.5  # fraction of the reference grid every other modality must cover
 MARGIN = 2  # voxels kept around the brain's bounding box

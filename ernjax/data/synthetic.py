@@ -14,7 +14,7 @@ classes (Ying 2025, Discussion): recurrence = irregular, heterogeneous enhanceme
 infiltrative T2/FLAIR edema; necrosis = smooth ring enhancement around a non-enhancing core with
 focal edema. `difficulty` pulls the two classes' lesion parameters towards each other.
 
-    python -m ernjax.phantoms --out DIR --subjects 60 --seed 0
+    python -m ernjax.data.synthetic --out DIR --subjects 60 --seed 0
 """
 
 import argparse
@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ernjax import atomic
-from ernjax.preprocess.geometry import Image, resample, save_image, spacing_grid
+from ernjax.data.geometry import Image, resample, save_image, spacing_grid
 
 GENERATOR_VERSION = 1  # bump when the images change, so cached cohorts are rewritten
 MODALITIES = ("t1", "t1c", "t2", "flair")
@@ -402,7 +402,7 @@ def write_cohort(
     _check(subjects, difficulty, recurrence_fraction, slice_thickness, spacing)
     out = Path(out_dir)
     params = dict(
-        generator="ernjax.phantoms",
+        generator="ernjax.data.synthetic",
         version=GENERATOR_VERSION,
         subjects=int(subjects),
         seed=int(seed),
@@ -470,7 +470,7 @@ def _swap_in(tmp: Path, out: Path, params: dict) -> None:
 
 
 def main(argv=None) -> None:
-    """Command line: python -m ernjax.phantoms --out DIR --subjects N --seed S."""
+    """Command line: python -m ernjax.data.synthetic --out DIR --subjects N --seed S."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="cohort folder to write")
     ap.add_argument("--subjects", type=int, default=60)

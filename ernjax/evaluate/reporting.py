@@ -1,4 +1,4 @@
-"""Tables and ROC figures from `ernjax.evaluate` results, in the layout of the papers' tables.
+"""Tables and ROC figures from `ernjax.evaluate.stats` results, in the layout of the papers' tables.
 
 Gao 2020 Tables 3-4 give "Sensitivity (95% CI)", "Specificity (95% CI)", "Accuracy (95% CI)" and
 "Area under the curve (95% CI)" per model and MRI sequence, as "0.915 (0.895-0.932)"; Ying 2025

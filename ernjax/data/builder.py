@@ -1,0 +1,297 @@
+"""TFDS builder: a NIfTI cohort -> patient-split, sharded array_record files.
+
+Two kinds of example (the BuilderConfig's `kind`):
+  slices2d   one example per lesion slice: an H x W x C image whose channels are chosen modalities
+             (default T1 -> R, T2 -> G, T1c -> B; Gao 2020, Fig. 3a), label, subject_id, slice.
+  volumes3d  one example per subject: a D x H x W x C volume (default T1, T1c, T2; Ying 2025),
+             label, subject_id and the voxel-to-world affine of the volume's grid.
+
+The cohort and every geometry setting travel in the BuilderConfig (`data`, the `config.data` dict),
+so one builder serves any cohort; `ernjax.data.records.build` gives each distinct setting its own
+directory and builds atomically. Images are float16, zlib-compressed (no visible loss on [0, 1]
+data). Nothing here imports TensorFlow.
+
+Every subject is loaded once, in parallel worker processes, before the split is made: a subject
+that fails to load (on_error="skip") is then simply not in the cohort that is split, and a split
+that would lack a class stops the build with a message saying what to change.
+"""
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ernjax.data import cohort as cohort_lib
+from ernjax.data import samples, splits
+from ernjax.errors import InputError
+
+VERSION = tfds.core.Version("1.0.0")
+# TFDS convention: the dataset's README.md, CITATIONS.bib and dummy_data/ live in its data_builders/
+# package, which registers this builder under that package's name.
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "data_builders" / "ernjax_mri"
+
+
+class ErnjaxMriConfig(tfds.core.BuilderConfig):
+    """A BuilderConfig carrying the `config.data` settings (a plain dict) it was built from."""
+
+    def __init__(self, *, data: dict, **kwargs):
+        super().__init__(version=VERSION, **kwargs)
+        self.data = data
+
+
+def _default_data(kind: str) -> dict:
+    # The configs used on dummy_data/ (and the defaults of configs/ern.py and configs/resnet3d.py).
+    slices = kind == "slices2d"
+    return dict(
+        cohort_dir=str(PACKAGE_DIR / "dummy_data"),
+        kind=kind,
+        modalities={m: f"*_{m}.nii.gz" for m in ("t1", "t1c", "t2", "flair")},
+        mask_pattern="*_mask.nii.gz",
+        slices_column="",
+        classes=["necrosis", "recurrence"],
+        channels=["t1", "t2", "t1c"] if slices else ["t1", "t1c", "t2"],  # Gao / Ying
+        reference="t1" if slices else "t1c",
+        spacing=[],
+        shape=[16, 16] if slices else [8, 16, 16],
+        normalize="minmax",
+        on_error="raise",
+        split=dict(test=0.2, validation=0.2, folds=2, seed=0),
+        build_workers=1,
+    )
+
+
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo that never looks for pre-computed info in TFDS's public bucket.
+
+    ernjax datasets are private cohorts. TFDS's lookup would find nothing and leave one empty
+    `tmp*tfds` folder in the system temp dir per build.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Fused multimodal 2D lesion slices or multichannel 3D volumes from a NIfTI cohort."""
+
+    name = "ernjax_mri"
+    pkg_dir_path = PACKAGE_DIR
+    VERSION = VERSION
+    BUILDER_CONFIGS = [
+        ErnjaxMriConfig(
+            name="slices2d",
+            data=_default_data("slices2d"),
+            description="One example per lesion slice, modalities fused as channels.",
+        ),
+        ErnjaxMriConfig(
+            name="volumes3d",
+            data=_default_data("volumes3d"),
+            description="One example per subject, modalities as channels.",
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        data = self.builder_config.data
+        shape = tuple(data["shape"]) + (len(data["channels"]),)
+        features = {
+            "image": tfds.features.Tensor(shape=shape, dtype=np.float16, encoding="zlib"),
+            "label": tfds.features.ClassLabel(names=list(data["classes"])),
+            "subject_id": tfds.features.Text(),
+        }
+        if data["kind"] == "slices2d":
+            features["slice"] = np.int32
+        else:
+            features["affine"] = tfds.features.Tensor(shape=(4, 4), dtype=np.float32)
+        return _LocalDatasetInfo(
+            builder=self,
+            description=self.builder_config.description,
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(),
+            homepage="https://github.com/ernjax/ernjax",
+        )
+
+    def _split_generators(self, dl_manager):
+
+        data = self.builder_config.data
+        cohort = cohort_lib.find_subjects(
+            data["cohort_dir"],
+            data["modalities"],
+            mask_pattern=data["mask_pattern"],
+            slices_column=data["slices_column"],
+            classes=data["classes"],
+            on_error=data["on_error"],
+        )
+        if not cohort.subjects:
+            raise ValueError(f"cohort {data['cohort_dir']}: no usable subject")
+        _check_split(cohort.subjects, cohort.skipped, data)  # before the (long) loading
+        workers = int(data.get("build_workers") or os.cpu_count() or 1)
+        folder = Path(dl_manager.download_dir) / "subjects"
+        loaded, skipped = _load_all(cohort.subjects, data, folder, workers)
+        # The split is made on the subjects that loaded, as if the skipped ones were not in the
+        # cohort: dropping them after the split once left validation without its only necrosis
+        # subject (AUC undefined) and scored a meaningless checkpoint.
+        subjects = [x for x in cohort.subjects if x.subject_id in loaded]
+        skipped = sorted(cohort.skipped + skipped, key=lambda x: x["subject_id"])
+        _check_split(subjects, skipped, data)
+        s = data["split"]
+        assignment = splits.assign_splits(
+            [x.subject_id for x in subjects],
+            [x.label for x in subjects],
+            test=s["test"],
+            validation=s["validation"],
+            folds=s["folds"],
+            seed=s["seed"],
+        )
+        self.info.metadata["assignment"] = assignment
+        self.info.metadata["skipped"] = skipped
+        self.info.metadata["data"] = data
+        by_split = {
+            name: [
+                loaded[x.subject_id] for x in subjects if assignment[x.subject_id]["split"] == name
+            ]
+            for name in ("train", "validation", "test")
+        }
+        return {name: self._generate_examples(files) for name, files in by_split.items() if files}
+
+    def _generate_examples(self, files):
+        for path in filter(None, files):
+            for ex in _read_examples(path):
+                key = ex["subject_id"] + (f"/{ex['slice']:05d}" if "slice" in ex else "")
+                yield key, ex
+            Path(path).unlink(missing_ok=True)  # written: free the disk as the build goes
+
+
+def _check_split(subjects, skipped, data) -> None:
+    """InputError naming labels.csv when a split would lack a class (see splits.split_problem)."""
+    s = data["split"]
+    problem = splits.split_problem(
+        [x.label for x in subjects],
+        data["classes"],
+        test=s["test"],
+        validation=s["validation"],
+        skipped=[x["subject_id"] for x in skipped],
+    )
+    if problem:
+        raise InputError("", Path(data["cohort_dir"]) / "labels.csv", problem)
+
+
+def subject_examples(subject, data: dict) -> list[dict]:
+    """The examples of one subject (one per lesion slice, or its volume).
+
+    Raises:
+      InputError: the subject's images cannot be used (see `samples.load_subject`).
+    """
+    cfg = ml_collections.ConfigDict(data)
+    if data["kind"] == "slices2d":
+        return samples.slice_examples(subject, cfg)
+    return [samples.volume_example(subject, cfg)]
+
+
+def _write_examples(subject, data: dict, path: str) -> str:
+    """Loads one subject and saves its examples to `path` (.npz, one array per feature).
+
+    Returns:
+      `path`, or "" when the subject gives no example (nothing is written).
+    """
+    examples = subject_examples(subject, data)
+    if not examples:
+        return ""
+    # Not compressed: the file lives only until the records are written (TFDS compresses those).
+    np.savez(path, **{k: np.stack([ex[k] for ex in examples]) for k in examples[0]})
+    return path
+
+
+def _read_examples(path: str) -> list[dict]:
+    """The examples `_write_examples` saved, with Python scalars as `subject_examples` gives."""
+    with np.load(path) as arrays:
+        columns = {k: arrays[k] for k in arrays.files}
+    n = len(columns["subject_id"])
+    return [{k: v[i].item() if v.ndim == 1 else v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def _load_all(subjects, data, folder: Path, workers: int) -> tuple[dict[str, str], list[dict]]:
+    """Loads every subject once, in parallel processes, into one file each under `folder`.
+
+    Returns:
+      ({subject_id: file} of the subjects that loaded, one {"subject_id", "path", "problem"}
+      per subject skipped under on_error="skip"), in subject order.
+
+    Raises:
+      InputError: a subject that does not load, under on_error="raise" (the first in subject
+        order; the subjects not started yet are not loaded).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(x, data, str(folder / f"{i:05d}.npz")) for i, x in enumerate(subjects)]
+    loaded, skipped = {}, []
+    with _worker_pool(min(workers, len(jobs))) as pool:
+        for (subject, _, _), outcome in zip(jobs, _outcomes(pool, jobs), strict=True):
+            if not isinstance(outcome, InputError):
+                loaded[subject.subject_id] = outcome
+                continue
+            if data["on_error"] != "skip":
+                raise outcome
+            logging.warning("skipping %s", outcome)
+            skipped.append(
+                {
+                    "subject_id": outcome.subject or subject.subject_id,
+                    "path": outcome.path,
+                    "problem": outcome.problem,
+                }
+            )
+    return loaded, skipped
+
+
+def _outcomes(pool, jobs):
+    """Yields `_write_examples(*job)` or the InputError it raised, in job order.
+
+    Without a pool each job runs here when its outcome is asked for, so an error stops the
+    build before the next subject is loaded.
+    """
+    futures = [pool.submit(_write_examples, *job) for job in jobs] if pool else None
+    for i, job in enumerate(jobs):
+        try:
+            yield futures[i].result() if futures else _write_examples(*job)
+        except InputError as e:
+            yield e
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int):
+    """A process pool of `workers` (None for 1), shut down without running what is still queued.
+
+    Spawned, not forked: the parent may already run JAX threads, which fork can deadlock. Each
+    worker exits when the build process dies (killed, out of memory), instead of living on,
+    blocked on a pipe nobody reads.
+    """
+    if workers <= 1:
+        yield None
+        return
+    pool = cf.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: a thread that ends this process as soon as its parent is gone."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        # The sentinel is a pipe that only the parent holds open: it reads EOF when it dies.
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
