@@ -70,6 +70,13 @@ def test_failed_build_leaves_nothing_and_rebuild_works(cohort, tmp_path):
     assert sum(len(s["label"]) for s in recs.index["splits"].values()) == 10
 
 
+def test_failed_first_build_leaves_no_empty_records_folder(cohort, tmp_path):
+    (cohort / "dummy-04" / "dummy-04_t2.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(InputError, match="dummy-04"):
+        records.build(small_data(), cohort, tmp_path / "work" / "records")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
 def test_skip_policy_records_the_skip(cohort, tmp_path):
     bad = cohort / "dummy-04" / "dummy-04_t2.nii.gz"
     bad.write_bytes(bad.read_bytes()[:100])

@@ -9,6 +9,7 @@ clean up; its staging directory is removed by the next build under the same reco
 held while a build runs tells a dead build's directory from a live one).
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -124,6 +125,7 @@ def build(data, cohort_dir, records_dir) -> Records:
         return open_records(final)
     tfds.disable_progress_bar()  # the build logs per subject; terminal bars only clutter logs
     remove_stale_staging(records_dir)
+    made = [d for d in (final.parent, final.parent.parent, Path(records_dir)) if not d.exists()]
     staging = Staging(records_dir, name)
     try:
         builder = builder_lib.Builder(
@@ -141,8 +143,17 @@ def build(data, cohort_dir, records_dir) -> Records:
         os.replace(built, final)
     finally:
         staging.close()
+        if not final.exists():
+            _remove_empty(made)
     logging.info("records built: %s", final)
     return open_records(final)
+
+
+def _remove_empty(folders) -> None:
+    # A failed build leaves no trace: not even the empty folders it made (innermost first).
+    for d in folders:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 class Staging:
