@@ -21,9 +21,9 @@ import jax
 from absl import app, flags, logging
 
 from benchmarks import common
-from ernjax import train
 from ernjax.data import pipeline as input_pipeline
 from ernjax.data import records
+from ernjax.train import steps as train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("configs/brats2018_3d.py", "configs/tcga_lgg_2d.py")
@@ -58,9 +58,9 @@ def measure(config, workdir: Path, n: int) -> dict:
     pipeline_s = (time.perf_counter() - t) / n
 
     spe = input_pipeline.steps_per_epoch(info, batch)
-    model = train.create_model(config, info.image_shape)
-    steps = train.build_training(config, model, info.train_class_counts, spe)[0]
-    dev = [train.device_batch(b, steps.batch_sharding) for b in batches]
+    model = train_steps.create_model(config, info.image_shape)
+    steps = train_steps.build_training(config, model, info.train_class_counts, spe)[0]
+    dev = [train_steps.device_batch(b, steps.batch_sharding) for b in batches]
 
     def run_steps(feed):
         state = steps.state
@@ -74,7 +74,7 @@ def measure(config, workdir: Path, n: int) -> dict:
     run_steps(lambda: dev)
     step_s = (time.perf_counter() - t) / n
     t = time.perf_counter()
-    run_steps(lambda: (train.device_batch(next(it), steps.batch_sharding) for _ in range(n)))
+    run_steps(lambda: (train_steps.device_batch(next(it), steps.batch_sharding) for _ in range(n)))
     fed_s = (time.perf_counter() - t) / n
     return {
         "kind": info.kind,

@@ -23,7 +23,8 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks import builder, common
-from ernjax import models, train
+from ernjax import models
+from ernjax.train import steps as train_steps
 
 # name -> (spatial shape, channels, ernjax name, cpu batch, gpu batch, gpu shape)
 CASES = {
@@ -88,9 +89,9 @@ def ernjax_case(case: Case, dtype: str) -> dict:
         rngs=nnx.Rngs(0),
     )
     opt = nnx.Optimizer(model, optax.adam(1e-4), wrt=nnx.Param)
-    steps = train.build_steps(model, opt, np.array([1.5, 0.75]), train.make_mesh())
+    steps = train_steps.build_steps(model, opt, np.array([1.5, 0.75]), train_steps.make_mesh())
     x, y = _batch(case, case.batch)
-    b = train.device_batch(
+    b = train_steps.device_batch(
         {"image": x, "label": y, "valid": np.ones(case.batch, bool)}, steps.batch_sharding
     )
     state = {"s": steps.state}
@@ -107,7 +108,7 @@ def ernjax_case(case: Case, dtype: str) -> dict:
     step()
     compile_s = time.perf_counter() - t
     one = (
-        train.device_batch(
+        train_steps.device_batch(
             {"image": x[:1], "label": y[:1], "valid": np.ones(1, bool)}, steps.batch_sharding
         )
         if jax.device_count() == 1

@@ -3,7 +3,7 @@
     python -m ernjax.compare --config=configs/ern.py --workdir=W \
         --models=ern_b0,resnet18 --channel_sets="t1c;t2;t1;t1,t2,t1c"
 
-Each (model, channel set) trains with `train.train_and_evaluate` in W/<model>_<channels> (reruns
+Each (model, channel set) trains with `loop.train_and_evaluate` in W/<model>_<channels> (reruns
 resume; records are shared under W/records). The split depends only on the subjects, labels and
 `config.data.split`, so every run sees the same training, validation and test patients, and the
 test predictions can be compared case by case. Written to W:
@@ -19,9 +19,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax import atomic, train
+from ernjax import atomic
 from ernjax.errors import exit_on_full_disk
 from ernjax.evaluate import predictions, reporting, stats
+from ernjax.train import loop
 
 
 def parse_channel_sets(text: str) -> list[tuple[str, ...]]:
@@ -72,7 +73,7 @@ def run(config, workdir, models, channel_sets) -> dict:
                 c.data.channels = tuple(chans)
                 c.data.records_dir = config.data.records_dir or str(workdir / "records")
             out = workdir / name.replace(" ", "_")
-            train.train_and_evaluate(c, out)
+            loop.train_and_evaluate(c, out)
             names.append(name)
             val[name] = predictions.read_csv(out / "predictions_validation.csv")
             test[name] = predictions.read_csv(out / "predictions_test.csv")

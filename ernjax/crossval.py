@@ -24,10 +24,11 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ernjax import atomic, train
+from ernjax import atomic
 from ernjax.errors import exit_on_full_disk
 from ernjax.evaluate import predictions, reporting
 from ernjax.evaluate.predictions import Predictions
+from ernjax.train import loop
 
 FLAGS = flags.FLAGS
 
@@ -62,7 +63,7 @@ def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
         if not 0 <= fold < k:
             raise ValueError(f"fold {fold} is not in 0..{k - 1}")
         logging.info("cross-validation: fold %d of %d", fold, k)
-        train.train_and_evaluate(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
+        loop.train_and_evaluate(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
     missing = [f for f in range(k) if not (workdir / f"fold_{f}" / "results.json").exists()]
     if missing:
         logging.info("folds %s not trained yet: no pooled summary", missing)

@@ -14,8 +14,8 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ernjax import train
 from ernjax.errors import InputError, exit_on_full_disk
+from ernjax.train import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir", "Directory for records, checkpoints, logs and results.")
@@ -39,7 +39,7 @@ def main(argv):
     )
     check_writable(FLAGS.workdir)
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except InputError as err:
         # The user's data to fix: the subject, the file and the problem on one line, which a
         # traceback through TFDS and the trainer would only bury.

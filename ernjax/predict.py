@@ -25,11 +25,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from ernjax import atomic, gradcam, train
+from ernjax import atomic, gradcam
 from ernjax.checkpoints import Checkpointer
 from ernjax.data import cohort, samples
 from ernjax.errors import InputError, exit_on_full_disk
 from ernjax.evaluate import predictions, stats
+from ernjax.train import steps as train_steps
 
 MODALITY_FLAGS = ("t1", "t1c", "t2", "flair")
 
@@ -71,8 +72,8 @@ def load_run(workdir) -> TrainedRun:
         step, _ = ckpt.scored_step(config.train.get("select_checkpoint", "best"))
         d = config.data
         shape = (*d.shape, len(d.channels))
-        model = train.create_model(config, shape)
-        steps, _, _ = train.build_training(config, model, (1,) * len(d.classes), 1)
+        model = train_steps.create_model(config, shape)
+        steps, _, _ = train_steps.build_training(config, model, (1,) * len(d.classes), 1)
         state, _ = ckpt.restore(step, steps.state)
     finally:
         ckpt.close()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import configs.ern
-from ernjax import train
 from ernjax.data import pipeline as input_pipeline
 from ernjax.errors import InputError
+from ernjax.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 DUMMY = REPO / "data_builders" / "ernjax_mri" / "dummy_data"
@@ -163,7 +163,7 @@ def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path):
     workdir = tmp_path / "arbeit-é-工作"
     config = _config(cohort)
     config.train.num_epochs = 1
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     info = input_pipeline.prepare(config, workdir)
     ids = {s for split in ("train", "validation", "test") for s in info.subject_ids(split)}
     assert set(NON_ASCII.values()) <= ids

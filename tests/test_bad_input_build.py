@@ -23,9 +23,9 @@ import pytest
 from test_records import DUMMY, small_data
 
 import configs.ern
-from ernjax import train
 from ernjax.data import records, splits
 from ernjax.errors import InputError
+from ernjax.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ def test_one_subject_class_stops_before_training(cohort, tmp_path):
     config.data.cohort_dir = str(cohort)
     config.data.mask_pattern = "*_mask.nii.gz"
     with pytest.raises(InputError) as err:
-        train.train_and_evaluate(config, tmp_path / "work")
+        loop.train_and_evaluate(config, tmp_path / "work")
     message = str(err.value)
     assert "the validation and test splits would hold no necrosis subject" in message
     assert "1 necrosis and 9 recurrence subjects" in message
@@ -274,7 +274,7 @@ def test_skipped_subjects_in_results_json_and_summary(cohort, tmp_path, capsys):
     config.data.cohort_dir = str(cohort)
     config.data.on_error = "skip"
     config.train.num_epochs = 1
-    results = train.train_and_evaluate(config, tmp_path / "work")
+    results = loop.train_and_evaluate(config, tmp_path / "work")
     written = json.loads((tmp_path / "work" / "results.json").read_text())
     assert written["skipped"] == results["skipped"]
     by_id = {s["subject_id"]: s for s in written["skipped"]}

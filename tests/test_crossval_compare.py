@@ -1,6 +1,6 @@
 """Cross-validation and comparison commands: orchestration, pooling, ensembles, tables, tests.
 
-Training itself is covered by test_train.py; here `train.train_and_evaluate` is replaced by a
+Training itself is covered by test_train.py; here `loop.train_and_evaluate` is replaced by a
 fake that writes prediction files the way the trainer does, so the arithmetic can be checked.
 """
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernjax import compare, crossval, defaults, train
+from ernjax import compare, crossval, defaults
 from ernjax.evaluate import predictions
 from ernjax.evaluate.predictions import Predictions
+from ernjax.train import loop
 
 CLASSES = ("necrosis", "recurrence")
 TEST_SUBJECTS = [f"t{j}" for j in range(8)]
@@ -28,7 +29,7 @@ def _preds(subjects, seed, skill) -> Predictions:
 
 
 class FakeTrain:
-    """Stands in for train.train_and_evaluate: records the configs, writes predictions."""
+    """Stands in for loop.train_and_evaluate: records the configs, writes predictions."""
 
     def __init__(self, with_test=True):
         self.calls, self.with_test = [], with_test
@@ -53,7 +54,7 @@ class FakeTrain:
 @pytest.fixture
 def fake_train(monkeypatch):
     fake = FakeTrain()
-    monkeypatch.setattr(train, "train_and_evaluate", fake)
+    monkeypatch.setattr(loop, "train_and_evaluate", fake)
     return fake
 
 
@@ -98,7 +99,7 @@ def test_crossval_trains_each_fold_and_pools(tmp_path, fake_train):
 
 def test_crossval_without_a_test_split_reports_pooled_out_of_fold(tmp_path, monkeypatch):
     # BraTS 2018 has 4 LGG subjects: all of them go through the folds and none is held out.
-    monkeypatch.setattr(train, "train_and_evaluate", FakeTrain(with_test=False))
+    monkeypatch.setattr(loop, "train_and_evaluate", FakeTrain(with_test=False))
     results = crossval.run(_config(3), tmp_path)
     assert list(results) == [
         "fold 0 validation",

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from test_train import FakePipeline, compile_cache, tiny_config  # noqa: F401 (a fixture)
 
-from ernjax import errors, train
+from ernjax import errors
 from ernjax.evaluate import predictions, reporting
+from ernjax.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = "No space left on device"
@@ -171,18 +172,18 @@ def jax_cache(request):
 def test_a_failed_final_output_leaves_the_previous_complete_set(tmp_path, jax_cache):
     """Disk full at results.json: not new predictions beside the old results.json."""
     outputs = ("results.json", "predictions_validation.csv", "predictions_test.csv")
-    train.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, pipeline=FakePipeline())
+    loop.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, pipeline=FakePipeline())
     first = {n: (tmp_path / n).read_bytes() for n in outputs}
     more = tiny_config(num_epochs=2)  # resumes, so its predictions differ from the first's
     with full_disk(lambda p: str(p).endswith("results.json")), pytest.raises(OSError) as failure:
-        train.train_and_evaluate(more, tmp_path, pipeline=FakePipeline())
+        loop.train_and_evaluate(more, tmp_path, pipeline=FakePipeline())
     assert {n: (tmp_path / n).read_bytes() for n in outputs} == first
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert str(failure.value) == (
         f"no space left on device while writing {tmp_path}/results.json "
         "(the previous outputs are unchanged)"
     )
-    train.train_and_evaluate(more, tmp_path, pipeline=FakePipeline())  # room again: completes
+    loop.train_and_evaluate(more, tmp_path, pipeline=FakePipeline())  # room again: completes
     for name in outputs:
         assert (tmp_path / name).read_bytes() != first[name]
 
@@ -228,7 +229,7 @@ def _checkpoint_subprocess(workdir: str, cache_dir: str, fail_step: str) -> None
 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.set_cache_dir(cache_dir)
-    train.train_and_evaluate = functools.partial(train.train_and_evaluate, pipeline=FakePipeline())
+    loop.train_and_evaluate = functools.partial(loop.train_and_evaluate, pipeline=FakePipeline())
     timers = _fail_tensorstore_writes(int(fail_step))
     sys.argv = [
         "ernjax.main",

@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ernjax import predict, train
+from ernjax import predict
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions
+from ernjax.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def _config(path: str):
 @pytest.fixture(scope="module")
 def run_2d(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ern_tiny")
-    train.train_and_evaluate(_config("configs/ern.py"), workdir)
+    loop.train_and_evaluate(_config("configs/ern.py"), workdir)
     return workdir
 
 
@@ -85,7 +86,7 @@ def test_predict_without_a_run_says_so(tmp_path):
 
 def test_predict_3d_writes_the_map_in_the_scan_space(tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(_config("configs/resnet3d.py"), workdir)
+    loop.train_and_evaluate(_config("configs/resnet3d.py"), workdir)
     run = predict.load_run(workdir)
     sid = _test_subject(workdir)
     folder = workdir / "synthetic_cohort" / sid

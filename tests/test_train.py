@@ -28,7 +28,9 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
-from ernjax import checkpoints, defaults, train
+from ernjax import checkpoints, defaults
+from ernjax.train import loop, objective
+from ernjax.train import steps as train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (16, 16, 3)
@@ -220,21 +222,21 @@ def compile_cache(tmp_path_factory):
 # ----------------------------------------------------------------------------- unit tests
 def test_class_weights_match_gao():
     # Gao 2020: 50 necrosis, 96 recurrence -> n_total / (n_classes * n_class).
-    w = train.class_weights((50, 96))
+    w = objective.class_weights((50, 96))
     np.testing.assert_allclose(w, [146 / 100, 146 / 192], rtol=1e-6)
     np.testing.assert_allclose(w, [1.5, 0.75], atol=0.05)  # the paper's rounded values
-    np.testing.assert_allclose(train.class_weights((50, 96), (2.0, 1.0)), [2.0, 1.0])
+    np.testing.assert_allclose(objective.class_weights((50, 96), (2.0, 1.0)), [2.0, 1.0])
     with pytest.raises(ValueError, match="no training examples"):
-        train.class_weights((0, 5))
+        objective.class_weights((0, 5))
     with pytest.raises(ValueError, match="1 class weights"):
-        train.class_weights((3, 5), (1.0,))
+        objective.class_weights((3, 5), (1.0,))
 
 
 def test_weighted_cross_entropy_is_keras_class_weight():
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
     labels = np.array([0, 1, 0])
     valid = np.array([True, True, False])  # the padding row counts for nothing
-    loss, per_row = train.weighted_cross_entropy(logits, labels, np.array([2.0, 0.5]), valid)
+    loss, per_row = objective.weighted_cross_entropy(logits, labels, np.array([2.0, 0.5]), valid)
     ce = -np.log(np.exp(logits[[0, 1], labels[:2]]) / np.exp(logits[:2]).sum(1))
     np.testing.assert_allclose(loss, (2.0 * ce[0] + 0.5 * ce[1]) / 2, rtol=1e-6)
     assert float(per_row[2]) == 0.0
@@ -242,26 +244,26 @@ def test_weighted_cross_entropy_is_keras_class_weight():
 
 def test_learning_rate_schedule_shape():
     c = tiny_config(num_epochs=10, warmup_epochs=2.0, learning_rate=1e-3)
-    lr = train.learning_rate_schedule(c.train, steps_per_epoch=5)
+    lr = objective.learning_rate_schedule(c.train, steps_per_epoch=5)
     values = np.array([float(lr(s)) for s in range(51)])
     assert values[0] == 0.0
     np.testing.assert_allclose(values[10], 1e-3)  # peak after 2 warmup epochs
     assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) < 0)
     assert values[50] < 1e-9
     c.train.schedule = "constant"
-    lr = train.learning_rate_schedule(c.train, steps_per_epoch=5)
+    lr = objective.learning_rate_schedule(c.train, steps_per_epoch=5)
     assert {float(lr(s)) for s in (0, 7, 49)} == {1e-3}
 
 
 def test_early_stopping_counts_epochs_without_auc_gain():
     meta = dict(best_auc=None, best_step=None, bad_epochs=0, stopped_early=False)
     for step, auc in [(3, 0.7), (6, float("nan")), (9, 0.8), (12, 0.8)]:
-        train.track_best(meta, auc, step, patience=2)
+        loop.track_best(meta, auc, step, patience=2)
         assert not meta["stopped_early"]
     assert (meta["best_auc"], meta["best_step"], meta["bad_epochs"]) == (0.8, 9, 1)
-    train.track_best(meta, 0.75, 15, patience=2)
+    loop.track_best(meta, 0.75, 15, patience=2)
     assert meta["stopped_early"]
-    train.track_best(meta, 0.1, 18, patience=0)
+    loop.track_best(meta, 0.1, 18, patience=0)
     assert not meta["stopped_early"]  # 0 = off
 
 
@@ -284,15 +286,19 @@ class _TinyNet(nnx.Module):
 def _run_steps(devices, batches, dtype=jnp.float32):
     mesh = jax.make_mesh((len(devices),), ("data",), (jax.sharding.AxisType.Auto,), devices=devices)
     model = _TinyNet(nnx.Rngs(0), dtype)
-    tx = train.make_optimizer(tiny_config().train, optax.constant_schedule(0.05))
-    steps = train.build_steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), [1.5, 0.75], mesh)
+    tx = objective.make_optimizer(tiny_config().train, optax.constant_schedule(0.05))
+    steps = train_steps.build_steps(
+        model, nnx.Optimizer(model, tx, wrt=nnx.Param), [1.5, 0.75], mesh
+    )
     state, losses = steps.state, []
     for b in batches:
-        batch = train.device_batch(b, steps.batch_sharding)
+        batch = train_steps.device_batch(b, steps.batch_sharding)
         with jax.transfer_guard("disallow"):  # no hidden host<->device copies in the step
             state, metrics = steps.train(state, batch)
         losses.append(float(jax.device_get(metrics["loss"])))
-    probs = steps.evaluate(state["model"], train.device_batch(batches[0], steps.batch_sharding))
+    probs = steps.evaluate(
+        state["model"], train_steps.device_batch(batches[0], steps.batch_sharding)
+    )
     return losses, jax.device_get(state), np.asarray(probs["probs"]), steps
 
 
@@ -376,8 +382,8 @@ def _tensorboard_tags(logdir: Path) -> set[str]:
 def test_nan_batch_stops_with_step_and_subjects(tmp_path, compile_cache):
     pipeline = FakePipeline(nan_at=5)
     config = tiny_config(checkpoint_every_steps=2)
-    with pytest.raises(train.NonFiniteLossError) as err:
-        train.train_and_evaluate(config, tmp_path, pipeline=pipeline)
+    with pytest.raises(loop.NonFiniteLossError) as err:
+        loop.train_and_evaluate(config, tmp_path, pipeline=pipeline)
     message = str(err.value)
     assert "step 5 " in message and "(epoch 2)" in message
     assert str(pipeline.train_iter.poisoned_ids) in message
@@ -391,7 +397,7 @@ def test_nan_batch_stops_with_step_and_subjects(tmp_path, compile_cache):
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, compile_cache):
     config = tiny_config()
-    results = train.train_and_evaluate(config, tmp_path / "a", pipeline=FakePipeline())
+    results = loop.train_and_evaluate(config, tmp_path / "a", pipeline=FakePipeline())
     # The uninterrupted run's outputs.
     assert {"test.image.auc", "test.subject.auc", "validation.image.auc"} <= set(results)
     assert json.loads((tmp_path / "a" / "results.json").read_text()).keys() == results.keys()
@@ -423,7 +429,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, compile_cache):
     assert not list(killed.glob("*.json")) + list(killed.glob("*.csv"))  # no final output yet
     killed_at = checkpoints.Checkpointer(killed / "checkpoints", keep=10).latest_step()
     assert killed_at < 9, "the kill should land before the end of training"
-    resumed = train.train_and_evaluate(config, killed, pipeline=FakePipeline())
+    resumed = loop.train_and_evaluate(config, killed, pipeline=FakePipeline())
     # Only complete step folders: a save the kill cut short left nothing behind.
     assert all(p.name.isdigit() for p in (killed / "checkpoints").iterdir())
 
@@ -448,7 +454,7 @@ def _load_config(path: str, arg: str):
 @pytest.mark.parametrize("path", ["configs/ern.py", "configs/resnet3d.py"])
 def test_tiny_config_end_to_end(path, tmp_path, compile_cache):
     config = _load_config(path, "tiny")
-    results = train.train_and_evaluate(config, tmp_path)
+    results = loop.train_and_evaluate(config, tmp_path)
     for key in ("test.image.auc", "test.subject.auc", "test.subject.accuracy"):
         assert key in results
     assert (tmp_path / "results.json").exists()
@@ -457,7 +463,7 @@ def test_tiny_config_end_to_end(path, tmp_path, compile_cache):
     # One more epoch resumes from the last checkpoint: the real Grain iterator, built anew,
     # takes its saved position.
     config.train.num_epochs += 1
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
     more = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=3).latest_step()
     assert more == done * config.train.num_epochs // (config.train.num_epochs - 1)
 
@@ -467,7 +473,7 @@ def _subprocess_main(workdir: str, cache_dir: str, delay: str) -> None:
     jax.config.update("jax_num_cpu_devices", 4)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.set_cache_dir(cache_dir)
-    train.train_and_evaluate(tiny_config(), workdir, pipeline=FakePipeline(delay=float(delay)))
+    loop.train_and_evaluate(tiny_config(), workdir, pipeline=FakePipeline(delay=float(delay)))
 
 
 if __name__ == "__main__":
@@ -477,11 +483,11 @@ if __name__ == "__main__":
 def test_init_from_a_finished_run(tmp_path, compile_cache):
     """config.model.init_from = an ernjax run: the new run starts from its weights, reported."""
     first = tiny_config(num_epochs=1)
-    train.train_and_evaluate(first, tmp_path / "a", pipeline=FakePipeline())
+    loop.train_and_evaluate(first, tmp_path / "a", pipeline=FakePipeline())
     second = tiny_config(num_epochs=0)
     second.model.init_from = str(tmp_path / "a")
     # 0 epochs: nothing trains, so the final evaluation sees the loaded weights.
-    train.train_and_evaluate(second, tmp_path / "b", pipeline=FakePipeline())
+    loop.train_and_evaluate(second, tmp_path / "b", pipeline=FakePipeline())
     report = json.loads((tmp_path / "b" / "init_report.json").read_text())
     assert report["source"] == "ernjax" and report["loaded"]
     assert not report["new"]
@@ -493,9 +499,9 @@ def test_init_from_a_finished_run(tmp_path, compile_cache):
 def test_select_checkpoint_last_scores_the_final_step(tmp_path, compile_cache):
     config = tiny_config(num_epochs=2)
     config.train.select_checkpoint = "last"
-    results = train.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
+    results = loop.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
     last = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=3).latest_step()
     assert results["checkpoint_step"] == last
     config.train.select_checkpoint = "first"
     with pytest.raises(ValueError, match="select_checkpoint='first'"):
-        train.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
+        loop.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())

@@ -1,12 +1,8 @@
-"""Training and evaluation: `train_and_evaluate(config, workdir)` (flax examples/imagenet style).
+"""The run: `train_and_evaluate(config, workdir)` (flax examples/imagenet style).
 
-Data parallelism the way JAX compiles pmap today: one `jax.jit` train step over a 1-D device mesh
-("data"), parameters and optimizer state replicated, the global batch sharded over all devices of
-all processes. BatchNorm statistics are then those of the global batch, with no `pmean` to write.
-The step is a pure function of (state, batch): the NNX model and optimizer are `nnx.split` once
-into graph definitions and a state pytree, and merged inside the step. A plain `jax.jit` (rather
-than `nnx.jit`) gives explicit in/out shardings and buffer donation on the very pytree Orbax
-saves, and no Python graph traversal per step.
+Setup (data, model, pretrained weights, compiled steps, checkpoints, resuming), the loop with its
+NaN guard, validation, early stopping and checkpoint cadence, then the final evaluation of the
+selected checkpoint on validation and test.
 
 The state holds everything that decides the next step: parameters, BatchNorm statistics, the
 dropout RNG key and counter (NNX keeps them in the model state), and the optimizer state with its
@@ -16,243 +12,25 @@ rerun ends with the same parameters as an uninterrupted one.
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ernjax import atomic, checkpoints, models
+from ernjax import atomic, checkpoints
 from ernjax.data import pipeline as input_pipeline
-from ernjax.errors import disk_full_reason
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.models import pretrained
-
-_DEVICE_KEYS = ("image", "label", "valid")  # batch fields that go to the devices
+from ernjax.train.logs import StepLog, Writer
+from ernjax.train.steps import Steps, build_training, create_model, device_batch
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/Inf; the message names the step and subjects."""
-
-
-# ----------------------------------------------------------------------------- loss, optimizer
-def class_weights(counts, explicit=()) -> np.ndarray:
-    """Per-class loss weights: `explicit` if given, else n_total / (n_classes * n_class).
-
-    The default is the "balanced" weighting Gao 2020 used (96 recurrence vs 50 necrosis gives
-    necrosis 1.46, recurrence 0.76; the paper rounds to 1.5 and 0.75).
-
-    Args:
-      counts: training examples per class.
-      explicit: weights per class (config.train.class_weights), or () for the default.
-
-    Returns:
-      float32 [n_classes].
-    """
-    counts = np.asarray(counts, np.float64)
-    if len(explicit):
-        if len(explicit) != len(counts):
-            raise ValueError(f"{len(explicit)} class weights given for {len(counts)} classes")
-        return np.asarray(explicit, np.float32)
-    if (counts <= 0).any():
-        raise ValueError(f"a class has no training examples (counts {counts.tolist()})")
-    return (counts.sum() / (len(counts) * counts)).astype(np.float32)
-
-
-def weighted_cross_entropy(logits, labels, weights, valid) -> tuple[jax.Array, jax.Array]:
-    """Class-weighted softmax cross-entropy, Keras `class_weight` semantics (Gao 2020).
-
-    Args:
-      logits: [B, K] float32.
-      labels: [B] int class indices.
-      weights: [K] per-class weights.
-      valid: [B] bool; padding rows count for nothing.
-
-    Returns:
-      (sum of weighted losses / number of valid rows, the weighted loss per row).
-    """
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    per_row = jnp.asarray(weights, jnp.float32)[labels] * ce * valid
-    return per_row.sum() / jnp.maximum(valid.sum(), 1), per_row
-
-
-def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup then cosine decay to 0 over the run ("cosine"), or a constant rate.
-
-    Args:
-      train_config: config.train (learning_rate, schedule, warmup_epochs, num_epochs).
-      steps_per_epoch: train steps per epoch.
-
-    Returns:
-      step -> learning rate.
-    """
-    t = train_config
-    total = max(1, t.num_epochs * steps_per_epoch)
-    if t.schedule == "constant":
-        return optax.constant_schedule(t.learning_rate)
-    if t.schedule == "cosine":
-        warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), total - 1)
-        return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup, total, 0.0)
-    raise ValueError(f"config.train.schedule={t.schedule!r}: expected 'cosine' or 'constant'")
-
-
-def make_optimizer(train_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Adam or AdamW (Ying 2025: Adam) after optional global-norm gradient clipping."""
-    t = train_config
-    if t.optimizer == "adam":
-        tx = optax.adam(schedule)
-    elif t.optimizer == "adamw":
-        tx = optax.adamw(schedule, weight_decay=t.weight_decay)
-    else:
-        raise ValueError(f"config.train.optimizer={t.optimizer!r}: expected 'adam' or 'adamw'")
-    return optax.chain(optax.clip_by_global_norm(t.grad_clip), tx) if t.grad_clip > 0 else tx
-
-
-# ----------------------------------------------------------------------------- compiled steps
-@dataclasses.dataclass
-class Steps:
-    """The jit-compiled steps of one run and its initial, replicated state.
-
-    `train(state, batch) -> (state, {"loss", "grad_norm"})` donates `state`;
-    `evaluate(state["model"], batch) -> {"probs", "nll", "label", "valid"}` (replicated outputs).
-    """
-
-    state: dict
-    train: Any
-    evaluate: Any
-    batch_sharding: NamedSharding
-    num_params: int = 0
-
-
-def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> Steps:
-    """Splits model and optimizer and compiles the data-parallel train and eval steps.
-
-    Args:
-      model: the NNX model (its train/eval mode is set here).
-      optimizer: `nnx.Optimizer(model, tx, wrt=nnx.Param)`.
-      weights: per-class loss weights [K].
-      mesh: a 1-D mesh with axis "data"; the batch is sharded over it.
-
-    Returns:
-      Steps, with the state placed (replicated) on the mesh.
-    """
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    weights = np.asarray(weights, np.float32)
-    model.eval()
-    eval_def, _ = nnx.split(model)
-    model.train()  # train/eval mode is static: it lives in the graph definitions
-    train_def, model_state = nnx.split(model)
-    opt_def, opt_state = nnx.split(optimizer)
-
-    def train_step(state, batch):
-        model = nnx.merge(train_def, state["model"])
-        opt = nnx.merge(opt_def, state["opt"])
-
-        def loss_fn(m):
-            logits = m(batch["image"])
-            return weighted_cross_entropy(logits, batch["label"], weights, batch["valid"])[0]
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics
-
-    def eval_step(model_state, batch):
-        logits = nnx.merge(eval_def, model_state)(batch["image"])
-        _, nll = weighted_cross_entropy(logits, batch["label"], weights, batch["valid"])
-        probs = jax.nn.softmax(logits.astype(jnp.float32))
-        return {"probs": probs, "nll": nll, "label": batch["label"], "valid": batch["valid"]}
-
-    state = replicate({"model": model_state, "opt": opt_state}, replicated)
-    return Steps(
-        state=state,
-        train=jax.jit(
-            train_step,
-            in_shardings=(replicated, batch_sharding),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
-        ),
-        evaluate=jax.jit(
-            eval_step, in_shardings=(replicated, batch_sharding), out_shardings=replicated
-        ),
-        batch_sharding=batch_sharding,
-        num_params=models.count_params(model),
-    )
-
-
-def replicate(tree, sharding: NamedSharding):
-    """Places host values (the same on every process) on all devices of `sharding`.
-
-    `jax.device_put` refuses devices of other processes; building each array from a callback
-    works on one host and many alike. Typed PRNG keys travel as their key data.
-    """
-
-    def put(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(
-                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
-            )
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, tree)
-
-
-def device_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Returns global arrays sharded on the mesh from this process's share of a batch."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
-        for k in _DEVICE_KEYS
-    }
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh "data" over every device of every process.
-
-    Auto axes (GSPMD propagation): the models need no sharding annotations, and XLA inserts the
-    cross-device reductions (BatchNorm statistics, gradient sums) that pmap code writes by hand.
-    """
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
-
-
-def create_model(config, image_shape) -> nnx.Module:
-    """The configured model for examples of `image_shape` (channels last), e.g. (96, 96, 3)."""
-    return models.create_model(
-        config.model.name,
-        in_channels=image_shape[-1],
-        num_classes=config.model.num_classes,
-        spatial_dims=len(image_shape) - 1,
-        dropout=config.model.dropout,
-        dtype=config.train.dtype,
-        rngs=nnx.Rngs(config.seed),
-    )
-
-
-def build_training(config, model: nnx.Module, class_counts, steps_per_epoch: int):
-    """The optimizer and compiled steps for `model`.
-
-    Args:
-      config: the full config (train).
-      model: from `create_model` (pretrained weights already loaded, if any).
-      class_counts: training examples per class (for the default class weights).
-      steps_per_epoch: for the learning-rate schedule.
-
-    Returns:
-      (Steps with a fresh replicated state, the learning-rate schedule, the class weights).
-    """
-    schedule = learning_rate_schedule(config.train, steps_per_epoch)
-    optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
-    weights = class_weights(class_counts, tuple(config.train.class_weights))
-    steps = build_steps(model, optimizer, weights, make_mesh())
-    return steps, schedule, weights
 
 
 # ----------------------------------------------------------------------------- the run
@@ -269,7 +47,7 @@ class _Run:
     positive: int
     train_iter: Any
     ckpt: checkpoints.Checkpointer
-    writer: Any
+    writer: Writer
     meta: dict
     steps_per_epoch: int
 
@@ -334,7 +112,7 @@ def _setup(config, workdir: Path, pipeline) -> _Run:
         positive=info.class_names.index(config.eval.positive_class),
         train_iter=pipeline.train_iterator(config, info, global_batch=config.train.batch_size),
         ckpt=checkpoints.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints),
-        writer=_Writer(workdir / "tensorboard"),
+        writer=Writer(workdir / "tensorboard"),
         meta=dict(step=0, best_auc=None, best_step=None, bad_epochs=0, stopped_early=False),
         steps_per_epoch=spe,
     )
@@ -401,7 +179,15 @@ def _train(run: _Run) -> float:
     if step >= total or run.meta["stopped_early"]:
         logging.info("training already complete at step %d", step)
         return math.nan
-    progress, pending = _Progress(run, step), None
+    progress = StepLog(
+        run.writer,
+        run.schedule,
+        batch_size=cfg.batch_size,
+        steps_per_epoch=spe,
+        total_steps=total,
+        step=step,
+    )
+    pending = None
     while step < total and not run.meta["stopped_early"]:
         batch = next(run.train_iter)
         run.steps.state, metrics = run.steps.train(
@@ -560,85 +346,3 @@ def _write_results(run: _Run, results: dict) -> None:
     """WORKDIR/results.json (process 0), NaN as null so that any JSON reader takes it."""
     if jax.process_index() == 0:
         reporting.write_json(run.workdir / "results.json", results, indent=2)
-
-
-# ----------------------------------------------------------------------------- logging
-class _Progress:
-    """Console progress with throughput and ETA, and the train scalars for TensorBoard."""
-
-    def __init__(self, run: _Run, step: int):
-        self.run, self.step, self.time = run, step, time.perf_counter()
-        self.ref = None  # (step, time) of the first log: rates from there exclude compilation
-
-    def steps_per_second(self, step: int) -> float:
-        """Mean rate since the first log, NaN if there was none."""
-        if self.ref is None or step <= self.ref[0]:
-            return math.nan
-        return (step - self.ref[0]) / (time.perf_counter() - self.ref[1])
-
-    def restart_interval(self, step: int) -> None:
-        """Starts the next throughput interval now (the ETA still counts all time)."""
-        self.step, self.time = step, time.perf_counter()
-
-    def log(self, step: int, values: dict) -> None:
-        """Logs one line and writes the train scalars."""
-        now, run = time.perf_counter(), self.run
-        ex_per_s = (step - self.step) * run.config.train.batch_size / max(now - self.time, 1e-9)
-        if self.ref is None:
-            self.ref = (step, now)
-            steps_per_s = (step - self.step) / max(now - self.time, 1e-9)
-        else:
-            steps_per_s = (step - self.ref[0]) / max(now - self.ref[1], 1e-9)
-        eta = (run.total_steps - step) / max(steps_per_s, 1e-9)
-        scalars = {
-            "loss": values["loss"],
-            "grad_norm": values["grad_norm"],
-            "learning_rate": float(run.schedule(step - 1)),
-            "examples_per_second": ex_per_s,
-        }
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
-        epoch = (step - 1) // run.steps_per_epoch + 1
-        eta = time.strftime("%H:%M:%S", time.gmtime(eta))
-        logging.info("step %d/%d (epoch %d): %s, ETA %s", step, run.total_steps, epoch, shown, eta)
-        run.writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        self.step, self.time = step, now
-
-
-class _Writer:
-    """TensorBoard event files via tensorboardX (no TensorFlow), written by process 0 only."""
-
-    def __init__(self, logdir: Path):
-        self._w, self.logdir = None, logdir
-        if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-
-            self._w = SummaryWriter(str(logdir))
-
-    def scalars(self, step: int, values: dict) -> None:
-        if self._w is not None:
-            for k, v in values.items():
-                self._w.add_scalar(k, v, step)
-
-    def text(self, tag: str, text: str) -> None:
-        if self._w is not None:
-            # Indented by four spaces: TensorBoard renders text as Markdown, this as code.
-            self._w.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
-
-    def close(self) -> None:
-        if self._w is None:
-            return
-        try:
-            self._w.close()
-        except OSError as e:
-            reason = disk_full_reason(e)
-            if reason is None:
-                raise
-            # Only the last events are lost; the run's own error (a checkpoint or an output on
-            # the same disk) is the one to show. tensorboardX's thread is stopped and its writer
-            # marked closed, or its exit hook retries the flush and prints the error again.
-            logging.warning(
-                "TensorBoard events in %s: the last ones are lost (%s)", self.logdir, reason
-            )
-            events = self._w.file_writer.event_writer
-            events._worker.stop()
-            events._closed = True

@@ -1,0 +1,116 @@
+"""What a run shows while it trains: console progress lines and TensorBoard event files."""
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import optax
+from absl import logging
+
+from ernjax.errors import disk_full_reason
+
+
+class Writer:
+    """TensorBoard event files via tensorboardX (no TensorFlow), written by process 0 only."""
+
+    def __init__(self, logdir: Path):
+        self._w, self.logdir = None, logdir
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+
+            self._w = SummaryWriter(str(logdir))
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Writes {tag: value} at `step`."""
+        if self._w is not None:
+            for k, v in values.items():
+                self._w.add_scalar(k, v, step)
+
+    def text(self, tag: str, text: str) -> None:
+        """Writes a text summary (shown as code) at step 0."""
+        if self._w is not None:
+            # Indented by four spaces: TensorBoard renders text as Markdown, this as code.
+            self._w.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
+
+    def close(self) -> None:
+        """Flushes and closes the event file; a full disk loses the last events with a warning."""
+        if self._w is None:
+            return
+        try:
+            self._w.close()
+        except OSError as e:
+            reason = disk_full_reason(e)
+            if reason is None:
+                raise
+            # Only the last events are lost; the run's own error (a checkpoint or an output on
+            # the same disk) is the one to show. tensorboardX's thread is stopped and its writer
+            # marked closed, or its exit hook retries the flush and prints the error again.
+            logging.warning(
+                "TensorBoard events in %s: the last ones are lost (%s)", self.logdir, reason
+            )
+            events = self._w.file_writer.event_writer
+            events._worker.stop()
+            events._closed = True
+
+
+class StepLog:
+    """Console progress with throughput and ETA, and the train scalars for TensorBoard."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        schedule: optax.Schedule,
+        *,
+        batch_size: int,
+        steps_per_epoch: int,
+        total_steps: int,
+        step: int,
+    ):
+        """Starts timing at `step` (0, or the step a run resumed from).
+
+        Args:
+          writer: where the train scalars go.
+          schedule: the learning-rate schedule (its value is logged).
+          batch_size: the global batch (for examples per second).
+          steps_per_epoch: train steps per epoch (for the epoch shown).
+          total_steps: the run's last step (for the ETA).
+          step: the step training starts from.
+        """
+        self.writer, self.schedule, self.batch_size = writer, schedule, batch_size
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.step, self.time = step, time.perf_counter()
+        self.ref = None  # (step, time) of the first log: rates from there exclude compilation
+
+    def steps_per_second(self, step: int) -> float:
+        """Mean rate since the first log, NaN if there was none."""
+        if self.ref is None or step <= self.ref[0]:
+            return math.nan
+        return (step - self.ref[0]) / (time.perf_counter() - self.ref[1])
+
+    def restart_interval(self, step: int) -> None:
+        """Starts the next throughput interval now (the ETA still counts all time)."""
+        self.step, self.time = step, time.perf_counter()
+
+    def log(self, step: int, values: dict) -> None:
+        """Logs one line and writes the train scalars of `values` ({"loss", "grad_norm"})."""
+        now = time.perf_counter()
+        ex_per_s = (step - self.step) * self.batch_size / max(now - self.time, 1e-9)
+        if self.ref is None:
+            self.ref = (step, now)
+            steps_per_s = (step - self.step) / max(now - self.time, 1e-9)
+        else:
+            steps_per_s = (step - self.ref[0]) / max(now - self.ref[1], 1e-9)
+        eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+        scalars = {
+            "loss": values["loss"],
+            "grad_norm": values["grad_norm"],
+            "learning_rate": float(self.schedule(step - 1)),
+            "examples_per_second": ex_per_s,
+        }
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+        epoch = (step - 1) // self.steps_per_epoch + 1
+        eta = time.strftime("%H:%M:%S", time.gmtime(eta))
+        logging.info("step %d/%d (epoch %d): %s, ETA %s", step, self.total_steps, epoch, shown, eta)
+        self.writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        self.step, self.time = step, now
