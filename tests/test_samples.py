@@ -14,6 +14,7 @@ from scipy import ndimage
 from ernjax.data import geometry as geo
 from ernjax.data import samples
 from ernjax.data.cohort import Subject, find_subjects
+from ernjax.data.spec import SampleSpec
 from ernjax.defaults import base_config
 from ernjax.errors import InputError
 
@@ -31,7 +32,7 @@ def data_cfg(kind="slices2d", **overrides):
     d.channels, d.reference = MODS, "t1"
     d.shape = (16, 16) if kind == "slices2d" else (10, 16, 16)
     d.update(overrides)
-    return d
+    return SampleSpec.from_config(d)
 
 
 def head(shape=SHAPE, affine=RAS, contrast=1.0) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_split_sizes(built):
 
 
 def test_features(built):
-    data = built.builder_config.data
+    data = built.builder_config.spec  # SampleSpec.to_dict()
     ex = built.as_data_source(split="train")[0]
     assert ex["image"].dtype == np.float16
     assert ex["image"].shape == tuple(data["shape"]) + (len(data["channels"]),)

@@ -6,10 +6,11 @@ Two kinds of example (the BuilderConfig's `kind`):
   volumes3d  one example per subject: a D x H x W x C volume (default T1, T1c, T2; Ying 2025),
              label, subject_id and the voxel-to-world affine of the volume's grid.
 
-The cohort and every geometry setting travel in the BuilderConfig (`data`, the `config.data` dict),
-so one builder serves any cohort; `ernjax.data.records.build` gives each distinct setting its own
-directory and builds atomically. Images are float16, zlib-compressed (no visible loss on [0, 1]
-data). Nothing here imports TensorFlow.
+The BuilderConfig carries the `SampleSpec` (as a dict: `ernjax.data.spec`, which also gives the
+features), the cohort folder and the worker count, so one builder serves any cohort;
+`ernjax.data.records.build` gives each distinct spec and cohort its own directory and builds
+atomically. Images are float16, zlib-compressed (no visible loss on [0, 1] data). Nothing here
+imports TensorFlow.
 
 Every subject is loaded once, in parallel worker processes, before the split is made: a subject
 that fails to load (on_error="skip") is then simply not in the cohort that is split, and a split
@@ -25,12 +26,12 @@ import os
 import threading
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from ernjax.data import cohort as cohort_lib
 from ernjax.data import samples, splits
+from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 
 VERSION = tfds.core.Version("1.0.0")
@@ -40,18 +41,23 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "data_builders" / "ernjax_mr
 
 
 class ErnjaxMriConfig(tfds.core.BuilderConfig):
-    """A BuilderConfig carrying the `config.data` settings (a plain dict) it was built from."""
+    """A BuilderConfig carrying what the records are built from.
 
-    def __init__(self, *, data: dict, **kwargs):
+    Attributes:
+      spec: `SampleSpec.to_dict()`, the settings that decide the examples.
+      cohort_dir: the cohort folder (labels.csv + one folder per subject).
+      build_workers: processes loading subjects (0 = all cores); the records are the same.
+    """
+
+    def __init__(self, *, spec: dict, cohort_dir: str, build_workers: int = 0, **kwargs):
         super().__init__(version=VERSION, **kwargs)
-        self.data = data
+        self.spec, self.cohort_dir, self.build_workers = spec, cohort_dir, build_workers
 
 
-def _default_data(kind: str) -> dict:
+def _default_config(kind: str, description: str) -> ErnjaxMriConfig:
     # The configs used on dummy_data/ (and the defaults of configs/ern.py and configs/resnet3d.py).
     slices = kind == "slices2d"
-    return dict(
-        cohort_dir=str(PACKAGE_DIR / "dummy_data"),
+    spec = SampleSpec(
         kind=kind,
         modalities={m: f"*_{m}.nii.gz" for m in ("t1", "t1c", "t2", "flair")},
         mask_pattern="*_mask.nii.gz",
@@ -64,7 +70,13 @@ def _default_data(kind: str) -> dict:
         normalize="minmax",
         on_error="raise",
         split=dict(test=0.2, validation=0.2, folds=2, seed=0),
+    )
+    return ErnjaxMriConfig(
+        name=kind,
+        spec=spec.to_dict(),
+        cohort_dir=str(PACKAGE_DIR / "dummy_data"),
         build_workers=1,
+        description=description,
     )
 
 
@@ -86,73 +98,64 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     pkg_dir_path = PACKAGE_DIR
     VERSION = VERSION
     BUILDER_CONFIGS = [
-        ErnjaxMriConfig(
-            name="slices2d",
-            data=_default_data("slices2d"),
-            description="One example per lesion slice, modalities fused as channels.",
-        ),
-        ErnjaxMriConfig(
-            name="volumes3d",
-            data=_default_data("volumes3d"),
-            description="One example per subject, modalities as channels.",
-        ),
+        _default_config("slices2d", "One example per lesion slice, modalities fused as channels."),
+        _default_config("volumes3d", "One example per subject, modalities as channels."),
     ]
 
+    @property
+    def spec(self) -> SampleSpec:
+        """The SampleSpec of this builder's config."""
+        return SampleSpec.from_config(self.builder_config.spec)
+
     def _info(self) -> tfds.core.DatasetInfo:
-        data = self.builder_config.data
-        shape = tuple(data["shape"]) + (len(data["channels"]),)
-        features = {
-            "image": tfds.features.Tensor(shape=shape, dtype=np.float16, encoding="zlib"),
-            "label": tfds.features.ClassLabel(names=list(data["classes"])),
-            "subject_id": tfds.features.Text(),
-        }
-        if data["kind"] == "slices2d":
-            features["slice"] = np.int32
-        else:
-            features["affine"] = tfds.features.Tensor(shape=(4, 4), dtype=np.float32)
         return _LocalDatasetInfo(
             builder=self,
             description=self.builder_config.description,
-            features=tfds.features.FeaturesDict(features),
+            features=tfds.features.FeaturesDict(self.spec.features()),
             metadata=tfds.core.MetadataDict(),
             homepage="https://github.com/ernjax/ernjax",
         )
 
     def _split_generators(self, dl_manager):
-
-        data = self.builder_config.data
+        cfg, spec = self.builder_config, self.spec
         cohort = cohort_lib.find_subjects(
-            data["cohort_dir"],
-            data["modalities"],
-            mask_pattern=data["mask_pattern"],
-            slices_column=data["slices_column"],
-            classes=data["classes"],
-            on_error=data["on_error"],
+            cfg.cohort_dir,
+            dict(spec.modalities),
+            mask_pattern=spec.mask_pattern,
+            slices_column=spec.slices_column,
+            classes=spec.classes,
+            on_error=spec.on_error,
         )
         if not cohort.subjects:
-            raise ValueError(f"cohort {data['cohort_dir']}: no usable subject")
-        _check_split(cohort.subjects, cohort.skipped, data)  # before the (long) loading
-        workers = int(data.get("build_workers") or os.cpu_count() or 1)
+            raise ValueError(f"cohort {cfg.cohort_dir}: no usable subject")
+        labels_csv = Path(cfg.cohort_dir) / "labels.csv"
+        _check_split(cohort.subjects, cohort.skipped, spec, labels_csv)  # before the (long) loading
+        workers = int(cfg.build_workers or os.cpu_count() or 1)
         folder = Path(dl_manager.download_dir) / "subjects"
-        loaded, skipped = _load_all(cohort.subjects, data, folder, workers)
+        loaded, skipped = _load_all(cohort.subjects, spec, folder, workers)
         # The split is made on the subjects that loaded, as if the skipped ones were not in the
         # cohort: dropping them after the split once left validation without its only necrosis
         # subject (AUC undefined) and scored a meaningless checkpoint.
         subjects = [x for x in cohort.subjects if x.subject_id in loaded]
         skipped = sorted(cohort.skipped + skipped, key=lambda x: x["subject_id"])
-        _check_split(subjects, skipped, data)
-        s = data["split"]
+        _check_split(subjects, skipped, spec, labels_csv)
+        s = spec.split
         assignment = splits.assign_splits(
             [x.subject_id for x in subjects],
             [x.label for x in subjects],
-            test=s["test"],
-            validation=s["validation"],
-            folds=s["folds"],
-            seed=s["seed"],
+            test=s.test,
+            validation=s.validation,
+            folds=s.folds,
+            seed=s.seed,
         )
         self.info.metadata["assignment"] = assignment
         self.info.metadata["skipped"] = skipped
-        self.info.metadata["data"] = data
+        # The settings the records were built from, as they always were stored (a flat dict).
+        self.info.metadata["data"] = {
+            **cfg.spec,
+            "cohort_dir": cfg.cohort_dir,
+            "build_workers": cfg.build_workers,
+        }
         by_split = {
             name: [
                 loaded[x.subject_id] for x in subjects if assignment[x.subject_id]["split"] == name
@@ -169,39 +172,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             Path(path).unlink(missing_ok=True)  # written: free the disk as the build goes
 
 
-def _check_split(subjects, skipped, data) -> None:
+def _check_split(subjects, skipped, spec: SampleSpec, labels_csv: Path) -> None:
     """InputError naming labels.csv when a split would lack a class (see splits.split_problem)."""
-    s = data["split"]
     problem = splits.split_problem(
         [x.label for x in subjects],
-        data["classes"],
-        test=s["test"],
-        validation=s["validation"],
+        spec.classes,
+        test=spec.split.test,
+        validation=spec.split.validation,
         skipped=[x["subject_id"] for x in skipped],
     )
     if problem:
-        raise InputError("", Path(data["cohort_dir"]) / "labels.csv", problem)
+        raise InputError("", labels_csv, problem)
 
 
-def subject_examples(subject, data: dict) -> list[dict]:
-    """The examples of one subject (one per lesion slice, or its volume).
-
-    Raises:
-      InputError: the subject's images cannot be used (see `samples.load_subject`).
-    """
-    cfg = ml_collections.ConfigDict(data)
-    if data["kind"] == "slices2d":
-        return samples.slice_examples(subject, cfg)
-    return [samples.volume_example(subject, cfg)]
-
-
-def _write_examples(subject, data: dict, path: str) -> str:
+def _write_examples(subject, spec: SampleSpec, path: str) -> str:
     """Loads one subject and saves its examples to `path` (.npz, one array per feature).
 
     Returns:
       `path`, or "" when the subject gives no example (nothing is written).
     """
-    examples = subject_examples(subject, data)
+    examples = samples.examples(subject, spec)
     if not examples:
         return ""
     # Not compressed: the file lives only until the records are written (TFDS compresses those).
@@ -210,14 +200,16 @@ def _write_examples(subject, data: dict, path: str) -> str:
 
 
 def _read_examples(path: str) -> list[dict]:
-    """The examples `_write_examples` saved, with Python scalars as `subject_examples` gives."""
+    """The examples `_write_examples` saved, with Python scalars as `samples.examples` gives."""
     with np.load(path) as arrays:
         columns = {k: arrays[k] for k in arrays.files}
     n = len(columns["subject_id"])
     return [{k: v[i].item() if v.ndim == 1 else v[i] for k, v in columns.items()} for i in range(n)]
 
 
-def _load_all(subjects, data, folder: Path, workers: int) -> tuple[dict[str, str], list[dict]]:
+def _load_all(
+    subjects, spec: SampleSpec, folder: Path, workers: int
+) -> tuple[dict[str, str], list[dict]]:
     """Loads every subject once, in parallel processes, into one file each under `folder`.
 
     Returns:
@@ -229,14 +221,14 @@ def _load_all(subjects, data, folder: Path, workers: int) -> tuple[dict[str, str
         order; the subjects not started yet are not loaded).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(x, data, str(folder / f"{i:05d}.npz")) for i, x in enumerate(subjects)]
+    jobs = [(x, spec, str(folder / f"{i:05d}.npz")) for i, x in enumerate(subjects)]
     loaded, skipped = {}, []
     with _worker_pool(min(workers, len(jobs))) as pool:
         for (subject, _, _), outcome in zip(jobs, _outcomes(pool, jobs), strict=True):
             if not isinstance(outcome, InputError):
                 loaded[subject.subject_id] = outcome
                 continue
-            if data["on_error"] != "skip":
+            if spec.on_error != "skip":
                 raise outcome
             logging.warning("skipping %s", outcome)
             skipped.append(

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ernjax.data import records as records_lib
+from ernjax.data import spec as spec_lib
 from ernjax.data.prepare import DataInfo, prepare  # noqa: F401  (prepare: the trainer's data seam)
 
 
@@ -32,13 +33,7 @@ class _Source(grain.RandomAccessDataSource):
             recs = records_lib.open_records(self._dir)
             self._open = {s: recs.source(s) for s in {p[0] for p in self._parts}}
         split, j = self._parts[i]
-        ex = self._open[split][j]
-        return {
-            "image": np.asarray(ex["image"], np.float32),
-            "label": np.int32(ex["label"]),
-            "subject_id": ex["subject_id"].decode(),
-            "valid": np.bool_(True),
-        }
+        return spec_lib.element(self._open[split][j])
 
     def __repr__(self) -> str:
         # Grain stores repr(source) in the iterator state and checks it on restore: keep it

@@ -1,8 +1,9 @@
 """Build and open the TFDS records of a cohort: one directory per distinct data setting, atomic.
 
 The records of a setting live in `RECORDS/ernjax_mri/<kind>-<hash>/1.0.0/`, where the hash covers
-every `config.data` field that changes the examples and a fingerprint of the cohort's files, so
-changing a pattern, a shape or a scan gives new records instead of silently reusing stale ones.
+the whole `SampleSpec` (every `config.data` setting that changes the examples: ernjax.data.spec),
+the cohort's folder and a fingerprint of its files, so changing a pattern, a shape or a scan
+gives new records instead of silently reusing stale ones.
 A build runs in a staging directory that is renamed into place only when complete: a failed build
 leaves nothing behind, and a rebuild after a fix starts clean. A build that was killed cannot
 clean up; its staging directory is removed by the next build under the same records root (a lock
@@ -23,22 +24,8 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from ernjax.data import builder as builder_lib
+from ernjax.data.spec import SampleSpec
 
-# config.data fields that change what is written (augmentation, fold and workers do not).
-_RECORD_FIELDS = (
-    "kind",
-    "modalities",
-    "mask_pattern",
-    "slices_column",
-    "classes",
-    "channels",
-    "reference",
-    "spacing",
-    "shape",
-    "normalize",
-    "on_error",
-    "split",
-)
 INDEX = "index.json"
 
 
@@ -80,34 +67,35 @@ def cohort_fingerprint(cohort_dir: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def record_settings(data, cohort_dir: Path) -> dict:
-    """The plain-dict data settings the builder needs, with the cohort's absolute path."""
-    d = data.to_dict() if hasattr(data, "to_dict") else dict(data)
-    out = {k: d[k] for k in _RECORD_FIELDS}
-    out["cohort_dir"] = str(Path(cohort_dir).resolve())
-    out["build_workers"] = int(d.get("build_workers", 0))
-    # JSON round trip: tuples -> lists, so the hash and the stored metadata agree.
-    return json.loads(json.dumps(out, sort_keys=True))
+def dataset_name(spec: SampleSpec, cohort_dir) -> str:
+    """The records' name: `<kind>-<hash>`.
 
+    Args:
+      spec: the SampleSpec, hashed whole (`to_dict`), so no setting can be left out.
+      cohort_dir: the cohort folder; its resolved path and `cohort_fingerprint` are hashed too.
 
-def dataset_name(settings: dict) -> str:
-    """`<kind>-<hash of the settings and the cohort fingerprint>`."""
-    key = {k: v for k, v in settings.items() if k != "build_workers"}
-    key["fingerprint"] = cohort_fingerprint(Path(settings["cohort_dir"]))
-    if settings["on_error"] == "skip":
+    Returns:
+      The name (the same as before SampleSpec existed, for the same settings).
+    """
+    cohort_dir = Path(cohort_dir).resolve()
+    # One flat dict, laid out as the settings were hashed before the spec existed, so that
+    # records built then keep their name.
+    key = {**spec.to_dict(), "cohort_dir": str(cohort_dir)}
+    key["fingerprint"] = cohort_fingerprint(cohort_dir)
+    if spec.on_error == "skip":
         # Records from before subjects were loaded ahead of the split could hold a split that a
         # load-time skip had left without a class: never reuse those (on_error="raise" records
         # are the same either way, and keep their name).
         key["split_after_loading"] = True
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{settings['kind']}-{digest}"
+    return f"{spec.kind}-{digest}"
 
 
 def build(data, cohort_dir, records_dir) -> Records:
     """Builds the records of `cohort_dir` under `records_dir` unless they already exist.
 
     Args:
-      data: `config.data` (ml_collections.ConfigDict or dict).
+      data: `config.data` (ml_collections.ConfigDict or dict): its SampleSpec and build_workers.
       cohort_dir: the cohort folder (labels.csv + one folder per subject).
       records_dir: root folder of all record sets.
 
@@ -117,8 +105,8 @@ def build(data, cohort_dir, records_dir) -> Records:
     Raises:
       InputError: bad input under on_error="raise"; nothing is left on disk.
     """
-    settings = record_settings(data, cohort_dir)
-    name = dataset_name(settings)
+    spec = SampleSpec.from_config(data)
+    name = dataset_name(spec, cohort_dir)
     final = Path(records_dir) / "ernjax_mri" / name / str(builder_lib.VERSION)
     if (final / INDEX).exists():
         logging.info("records found: %s", final)
@@ -128,16 +116,20 @@ def build(data, cohort_dir, records_dir) -> Records:
     made = [d for d in (final.parent, final.parent.parent, Path(records_dir)) if not d.exists()]
     staging = Staging(records_dir, name)
     try:
-        builder = builder_lib.Builder(
-            config=builder_lib.ErnjaxMriConfig(name=name, data=settings), data_dir=str(staging.path)
+        config = builder_lib.ErnjaxMriConfig(
+            name=name,
+            spec=spec.to_dict(),
+            cohort_dir=str(Path(cohort_dir).resolve()),
+            build_workers=int(data.get("build_workers", 0)),
         )
+        builder = builder_lib.Builder(config=config, data_dir=str(staging.path))
         builder.download_and_prepare(
             download_dir=str(staging.path / "downloads"),
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
         built = Path(builder.data_dir)
-        _write_index(built, builder.info)
+        _write_index(built, builder.info, spec)
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(final, ignore_errors=True)  # an index-less leftover of an older version
         os.replace(built, final)
@@ -228,7 +220,7 @@ def open_records(path) -> Records:
     return Records(path, json.loads((path / INDEX).read_text()))
 
 
-def _write_index(path: Path, info) -> None:
+def _write_index(path: Path, info, spec: SampleSpec) -> None:
     # One pass over the records: the subject and label of every record index, so fold
     # selection, class counts and subject-wise evaluation never decode an image again.
     b = tfds.builder_from_directory(str(path))
@@ -240,13 +232,12 @@ def _write_index(path: Path, info) -> None:
             "subject_id": [r["subject_id"].decode() for r in rows],
             "label": [int(r["label"]) for r in rows],
         }
-    data = info.metadata["data"]
     index = {
         "splits": splits,
-        "kind": data["kind"],
-        "class_names": list(data["classes"]),
-        "image_shape": list(data["shape"]) + [len(data["channels"])],
-        "channels": list(data["channels"]),
+        "kind": spec.kind,
+        "class_names": list(spec.classes),
+        "image_shape": list(spec.image_shape),
+        "channels": list(spec.channels),
         "assignment": info.metadata["assignment"],
         "skipped": info.metadata["skipped"],
     }

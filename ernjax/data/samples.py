@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 
 from ernjax.data import geometry as geo
+from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 
 MIN_COVERAGE = 0.5  # fraction of the reference grid every other modality must cover
@@ -59,17 +60,19 @@ class SubjectVolume:
     lesion_slices: tuple[int, ...]
 
 
-def _grid(ref: geo.Image, data) -> tuple[tuple[int, ...], np.ndarray]:
-    """The subject's sampling grid: the reference grid, or it resampled to `data.spacing`."""
-    if not len(data.spacing):
+def _grid(ref: geo.Image, spec: SampleSpec) -> tuple[tuple[int, ...], np.ndarray]:
+    """The subject's sampling grid: the reference grid, or it resampled to `spec.spacing`."""
+    if not spec.spacing:
         return ref.data.shape, ref.affine
-    sp = [float(s) for s in data.spacing]
-    if data.kind == "slices2d":
+    sp = list(spec.spacing)
+    if spec.kind == "slices2d":
         sp[2] = 0.0  # keep the acquired axial slices (and the slice list) as they are
     return geo.spacing_grid(ref, sp)
 
 
-def _onto_grid(subject, data) -> tuple[dict[str, geo.Image], geo.Image | None, tuple | None]:
+def _onto_grid(
+    subject, spec: SampleSpec
+) -> tuple[dict[str, geo.Image], geo.Image | None, tuple | None]:
     """Loads the modalities and the mask onto the sampling grid; maps the slice list.
 
     Each image is interpolated once, straight from its own grid onto the sampling grid.
@@ -78,41 +81,41 @@ def _onto_grid(subject, data) -> tuple[dict[str, geo.Image], geo.Image | None, t
       (modality -> image, mask or None, slice list as canonical z indices or None).
     """
     sid = subject.subject_id
-    names = list(dict.fromkeys([data.reference, *data.channels]))
+    names = list(dict.fromkeys([spec.reference, *spec.channels]))
     missing = [m for m in names if m not in subject.files]
     if missing:
         raise ValueError(f"channels/reference {missing} are not in data.modalities")
     raw = {m: geo.load_image(subject.files[m], sid) for m in names}
-    ref_file, slices = subject.files[data.reference], None
+    ref_file, slices = subject.files[spec.reference], None
     if subject.slices:
-        ref = raw[data.reference]
+        ref = raw[spec.reference]
         slices = tuple(
             geo.canonical_slice_index(k, ref.affine, ref.data.shape, sid, ref_file)
             for k in subject.slices
         )
     imgs = {m: geo.reorient_canonical(im) for m, im in raw.items()}
-    shape, affine = _grid(imgs[data.reference], data)
+    shape, affine = _grid(imgs[spec.reference], spec)
     if slices:  # reference z index -> sampling-grid z index (differs with a 3D spacing)
-        to_grid = np.linalg.inv(affine) @ imgs[data.reference].affine
+        to_grid = np.linalg.inv(affine) @ imgs[spec.reference].affine
         z = np.rint(to_grid[2, 2] * np.array(slices) + to_grid[2, 3]).astype(int)
         slices = tuple(int(k) for k in np.unique(np.clip(z, 0, shape[2] - 1)))
     for m, im in imgs.items():
         if im.data.shape == tuple(shape) and np.allclose(im.affine, affine, atol=SAME_GRID_MM):
             imgs[m] = geo.Image(im.data, affine)  # one grid up to float noise in the headers
             continue
-        cov = 1.0 if m == data.reference else geo.coverage(im, shape, affine)
+        cov = 1.0 if m == spec.reference else geo.coverage(im, shape, affine)
         if cov < MIN_COVERAGE:
             raise InputError(
                 sid,
                 subject.files[m],
                 f"fields of view cannot be aligned: this {m} image covers {cov:.0%} of the "
-                f"{data.reference} image ({ref_file.name}); at least {MIN_COVERAGE:.0%} needed",
+                f"{spec.reference} image ({ref_file.name}); at least {MIN_COVERAGE:.0%} needed",
             )
         imgs[m] = geo.resample(im, shape, affine, order=1)
     mask = None
     if subject.mask is not None:
         m = geo.load_image(subject.mask, sid, allow_empty=True)
-        m = geo.check_mask_grid(m, raw, data.reference, sid, subject.mask)
+        m = geo.check_mask_grid(m, raw, spec.reference, sid, subject.mask)
         mask = geo.resample(geo.reorient_canonical(m), shape, affine, order=0)
     return imgs, mask, slices
 
@@ -132,12 +135,13 @@ def _dhw_index(lo, n) -> np.ndarray:
     return index
 
 
-def load_subject(subject, data) -> SubjectVolume:
+def load_subject(subject, spec) -> SubjectVolume:
     """Loads one subject onto its sampling grid (the steps are in the module docstring).
 
     Args:
       subject: a `cohort.Subject`.
-      data: `config.data` (reads kind, channels, reference, spacing, shape, normalize).
+      spec: the SampleSpec, or `config.data` (read through `SampleSpec.from_config`); reads
+        kind, channels, reference, spacing, shape, normalize.
 
     Returns:
       The SubjectVolume.
@@ -148,19 +152,20 @@ def load_subject(subject, data) -> SubjectVolume:
         view, an empty lesion mask where the mask is the source of the lesion slices.
       ValueError: a configuration that does not fit (unknown channel, wrong shape length).
     """
-    imgs, mask, slices = _onto_grid(subject, data)
-    ref = imgs[data.reference]
+    spec = SampleSpec.from_config(spec)
+    imgs, mask, slices = _onto_grid(subject, spec)
+    ref = imgs[spec.reference]
     box = geo.bounding_box(ref.data != 0, margin=MARGIN)
-    if data.kind == "slices2d":
+    if spec.kind == "slices2d":
         box = (box[0], box[1], slice(0, ref.data.shape[2]))
     lo = [b.start for b in box]
     brain = ref.data[box] != 0
-    chans = [geo.normalize(imgs[m].data[box], brain, data.normalize) for m in data.channels]
+    chans = [geo.normalize(imgs[m].data[box], brain, spec.normalize) for m in spec.channels]
     image, brain = _to_dhw(np.stack(chans, -1)), _to_dhw(brain)
     lesion = None if mask is None else _to_dhw(mask.data[box] > 0.5)
     found = _lesion_slices(subject, slices, lesion, brain, lo[2])
     affine = ref.affine @ _dhw_index(lo, brain.shape[::-1])
-    return _resize(image, brain, lesion, affine, found, data)
+    return _resize(image, brain, lesion, affine, found, spec)
 
 
 def _lesion_slices(subject, slices, lesion, brain, z0) -> np.ndarray:
@@ -207,12 +212,12 @@ def _fit_index(sizes, shape, axes) -> np.ndarray:
     return m
 
 
-def _resize(image, brain, lesion, affine, found, data) -> SubjectVolume:
-    """Resizes (D, H, W, ...) to data.shape, (H, W) in-plane for slices2d, else (D, H, W)."""
-    shape = tuple(int(x) for x in data.shape)
-    axes = (1, 2) if data.kind == "slices2d" else (0, 1, 2)
+def _resize(image, brain, lesion, affine, found, spec: SampleSpec) -> SubjectVolume:
+    """Resizes (D, H, W, ...) to spec.shape, (H, W) in-plane for slices2d, else (D, H, W)."""
+    shape = spec.shape
+    axes = (1, 2) if spec.kind == "slices2d" else (0, 1, 2)
     if len(shape) != len(axes):
-        raise ValueError(f"data.shape {shape} does not fit kind {data.kind!r}")
+        raise ValueError(f"data.shape {shape} does not fit kind {spec.kind!r}")
     index = _fit_index([brain.shape[a] for a in axes], shape, axes)
     image = _fit(image, shape, axes, order=1)
     brain = _fit(brain, shape, axes, order=0) > 0.5
@@ -228,40 +233,48 @@ def _label(subject) -> int:
     return -1 if subject.label is None else int(subject.label)
 
 
-def slice_examples(subject, data) -> list[dict]:
+def slice_examples(subject, spec) -> list[dict]:
     """The slices2d examples of one subject, one per lesion slice.
 
     Args:
       subject: a `cohort.Subject`.
-      data: `config.data` with kind "slices2d".
+      spec: the SampleSpec (kind "slices2d"), or `config.data`.
 
     Returns:
-      Dicts {"image": float16 (H, W, C), "label": int, "subject_id": str, "slice": int}, where
-      "slice" is the D index: the slice number along the canonical inferior->superior axis of
-      the reference scan (slices2d neither crops nor resamples that axis).
+      `spec.example` dicts {"image": float16 (H, W, C), "label": int, "subject_id": str,
+      "slice": int}, where "slice" is the D index: the slice number along the canonical
+      inferior->superior axis of the reference scan (slices2d neither crops nor resamples it).
     """
-    vol = load_subject(subject, data)
-    image = vol.image.astype(np.float16)
+    spec = SampleSpec.from_config(spec)
+    vol = load_subject(subject, spec)
+    image = vol.image.astype(np.float16)  # once for the volume, not once per slice
     return [
-        {"image": image[k], "label": _label(subject), "subject_id": subject.subject_id, "slice": k}
-        for k in vol.lesion_slices
+        spec.example(image[k], _label(subject), subject.subject_id, k) for k in vol.lesion_slices
     ]
 
 
-def volume_example(subject, data) -> dict:
+def volume_example(subject, spec) -> dict:
     """The volumes3d example of one subject.
 
     Args:
       subject: a `cohort.Subject`.
-      data: `config.data` with kind "volumes3d".
+      spec: the SampleSpec (kind "volumes3d"), or `config.data`.
 
     Returns:
-      {"image": float16 (D, H, W, C), "label": int, "subject_id": str, "affine": float32 4x4}.
+      The `spec.example` dict {"image": float16 (D, H, W, C), "label": int, "subject_id": str,
+      "affine": float32 4x4}.
     """
-    vol = load_subject(subject, data)
-    return {
-        "image": vol.image.astype(np.float16),
-        "label": _label(subject),
-        "subject_id": subject.subject_id,
-        "affine": vol.affine.astype(np.float32),
-    }
+    spec = SampleSpec.from_config(spec)
+    vol = load_subject(subject, spec)
+    return spec.example(vol.image, _label(subject), subject.subject_id, vol.affine)
+
+
+def examples(subject, spec: SampleSpec) -> list[dict]:
+    """The examples of one subject as the records hold them: one per lesion slice, or its volume.
+
+    Raises:
+      InputError: the subject's images cannot be used (see `load_subject`).
+    """
+    if spec.kind == "slices2d":
+        return slice_examples(subject, spec)
+    return [volume_example(subject, spec)]

@@ -1,0 +1,202 @@
+"""The example schema and what decides the examples: one frozen `SampleSpec` from `config.data`.
+
+A `SampleSpec` holds every `config.data` setting that changes what the records hold (which files
+are read, how they are sampled, which subjects go to which split), and nothing else. Its whole
+content is hashed into the records' name (`ernjax.data.records.dataset_name`), so a setting that
+changes the examples cannot be left out of the cache key: it is a field here, or it does not
+reach the examples. The spec also owns the schema of one example: its keys, the TFDS features
+the builder declares (`features`), the dict the samples give (`example`), the element the input
+pipeline yields (`element`) and the part of it that goes to the devices (`DEVICE_KEYS`).
+
+The `config.data` fields that are NOT in the spec, and why (tests/test_spec.py checks that every
+field of `config.data` is in one list or the other):
+  cohort_dir     where the cohort is: the records' name hashes its resolved path and a
+                 fingerprint of its files instead (`records.dataset_name`);
+  synthetic      the synthetic cohort's settings change its files, hence that fingerprint;
+  preprocess     offline (`python -m ernjax.preprocess`): its output is a cohort like any other;
+  records_dir    where the records go, not what they hold;
+  build_workers  how many processes build them (the same records with any number);
+  fold           chosen when the records are read (`prepare.select_parts`), not when written;
+  augment        applied by the input pipeline on every read;
+  worker_count   Grain's reading processes.
+"""
+
+import dataclasses
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+KINDS = ("slices2d", "volumes3d")
+NOT_IN_SPEC = (
+    "cohort_dir",
+    "synthetic",
+    "preprocess",
+    "records_dir",
+    "build_workers",
+    "fold",
+    "augment",
+    "worker_count",
+)
+# What the input pipeline yields per example: the stored image, label and subject, and "valid"
+# (False on the padding that fills a last evaluation batch); of those, what goes to the devices
+# (the subject ids stay on the host, for subject-wise scoring and error messages).
+ELEMENT_KEYS = ("image", "label", "subject_id", "valid")
+DEVICE_KEYS = ("image", "label", "valid")
+
+
+def _pick(cls, data) -> dict:
+    """The values of the dataclass `cls`'s fields in `data` (a mapping or a ConfigDict)."""
+    return {f.name: data[f.name] for f in dataclasses.fields(cls)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """`config.data.split`: the held-out fractions, the cross-validation folds and their seed."""
+
+    test: float
+    validation: float
+    folds: int
+    seed: int
+
+    def __post_init__(self):
+        for name, cast in (("test", float), ("validation", float), ("folds", int), ("seed", int)):
+            object.__setattr__(self, name, cast(getattr(self, name)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+    """Every `config.data` setting that changes the records (the fields as in ernjax/defaults.py).
+
+    Frozen and hashable; sequences are tuples, `modalities` a tuple of (name, glob) pairs in
+    config order (the order the cohort is checked in; the records' name ignores it). The
+    settings that are not here are listed, with the reason, in the module docstring.
+    """
+
+    kind: str
+    modalities: tuple[tuple[str, str], ...]
+    mask_pattern: str
+    slices_column: str
+    classes: tuple[str, ...]
+    channels: tuple[str, ...]
+    reference: str
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+    normalize: str
+    on_error: str
+    split: SplitSpec
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"data.kind {self.kind!r}: expected one of {KINDS}")
+        split = (
+            self.split
+            if isinstance(self.split, SplitSpec)
+            else SplitSpec(**_pick(SplitSpec, self.split))
+        )
+        values = dict(
+            modalities=tuple((m, p) for m, p in dict(self.modalities).items()),
+            classes=tuple(self.classes),
+            channels=tuple(self.channels),
+            spacing=tuple(float(s) for s in self.spacing),
+            shape=tuple(int(n) for n in self.shape),
+            split=split,
+        )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen: only __post_init__ may normalize
+
+    @classmethod
+    def from_config(cls, data) -> "SampleSpec":
+        """The spec of `config.data`.
+
+        Args:
+          data: `config.data` (a ConfigDict), a dict with its keys (such as `to_dict()` or the
+            records' stored settings; other keys are ignored), or a SampleSpec (returned as is).
+
+        Returns:
+          The SampleSpec.
+
+        Raises:
+          KeyError: a field of the spec is missing from `data`.
+          ValueError: an unknown `kind`.
+        """
+        if isinstance(data, cls):
+            return data
+        return cls(**_pick(cls, data))
+
+    def to_dict(self) -> dict:
+        """The spec as plain JSON values (lists, `modalities` and `split` as dicts).
+
+        Returns:
+          A dict that `from_config` turns back into an equal spec: what the records' name
+          hashes, what the TFDS BuilderConfig carries and what the records' metadata stores.
+        """
+        d = dataclasses.asdict(self)
+        d["modalities"] = dict(self.modalities)
+        return json.loads(json.dumps(d))
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The stored image's shape: `shape` + (channels,), channels last."""
+        return (*self.shape, len(self.channels))
+
+    @property
+    def example_keys(self) -> tuple[str, ...]:
+        """The keys of one example, in order.
+
+        image, label, subject_id, then what places the example in its subject: the slice's D
+        index (slices2d) or the volume's voxel-to-world affine (volumes3d).
+        """
+        return ("image", "label", "subject_id", "slice" if self.kind == "slices2d" else "affine")
+
+    def features(self) -> dict:
+        """The TFDS features of one example, keyed as `example_keys`.
+
+        Images are float16 Tensors, zlib-compressed: an `Image` feature would encode through
+        TensorFlow, which ernjax never imports.
+        """
+        where = (
+            np.int32
+            if self.kind == "slices2d"
+            else tfds.features.Tensor(shape=(4, 4), dtype=np.float32)
+        )
+        values = (
+            tfds.features.Tensor(shape=self.image_shape, dtype=np.float16, encoding="zlib"),
+            tfds.features.ClassLabel(names=list(self.classes)),
+            tfds.features.Text(),
+            where,
+        )
+        return dict(zip(self.example_keys, values, strict=True))
+
+    def example(self, image, label: int, subject_id: str, where) -> dict:
+        """One example as the builder stores it, keyed as `example_keys`.
+
+        Args:
+          image: (H, W, C) for slices2d or (D, H, W, C) for volumes3d; stored as float16.
+          label: the class index (-1 for an unlabeled subject, in prediction only).
+          subject_id: the subject's ID.
+          where: the slice's D index (slices2d) or the volume's 4x4 affine (volumes3d).
+
+        Returns:
+          {"image": float16, "label": int, "subject_id": str, "slice": int | "affine": float32}.
+        """
+        where = int(where) if self.kind == "slices2d" else np.asarray(where, np.float32)
+        values = (np.asarray(image, np.float16), int(label), str(subject_id), where)
+        return dict(zip(self.example_keys, values, strict=True))
+
+
+def element(record: Mapping) -> dict:
+    """One record, as the TFDS data source decodes it -> one element of the input pipeline.
+
+    Returns:
+      {"image": float32, "label": int32, "subject_id": str, "valid": True}, keyed as
+      `ELEMENT_KEYS`.
+    """
+    values = (
+        np.asarray(record["image"], np.float32),
+        np.int32(record["label"]),
+        record["subject_id"].decode(),
+        np.bool_(True),
+    )
+    return dict(zip(ELEMENT_KEYS, values, strict=True))
