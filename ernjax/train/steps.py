@@ -21,14 +21,13 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ernjax import models
+from ernjax.data.spec import DEVICE_KEYS  # the batch fields that go to the devices
 from ernjax.train.objective import (
     class_weights,
     learning_rate_schedule,
     make_optimizer,
     weighted_cross_entropy,
 )
-
-_DEVICE_KEYS = ("image", "label", "valid")  # batch fields that go to the devices
 
 
 @dataclasses.dataclass
@@ -124,7 +123,7 @@ def device_batch(batch: dict, sharding: NamedSharding) -> dict:
     """Returns global arrays sharded on the mesh from this process's share of a batch."""
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
-        for k in _DEVICE_KEYS
+        for k in DEVICE_KEYS
     }
 
 
