@@ -2,180 +2,26 @@
 
     python -m ernjax.crossval --config=configs/tcga_lgg_2d.py --workdir=W [--folds=0,1,2]
 
-The records store a fixed test split and k stratified, subject-grouped folds of the other
-subjects (`config.data.split`). Fold k trains on the other folds and validates on fold k, in
-W/fold_k (each fold resumes on its own; all share W/records). Then:
-  - per fold: validation metrics, and test metrics at cut-offs chosen on that fold's validation;
-  - pooled out-of-fold: every non-test subject predicted once, by the model that did not train
-    on it;
-  - ensemble on the held-out test split (Shin 2021's 5-fold recipe): the mean of the fold
-    models' probabilities ("mean"), or the fraction of fold models calling each example positive
-    ("majority"), at cut-offs chosen on the pooled out-of-fold predictions.
-W/crossval.json (flat numbers), crossval.md / crossval.csv (the table) and the test ROC curves
-roc_test_image.png / roc_test_subject.png are written. A cohort too small for a held-out test
-split (`config.data.split.test = 0`) gets the per-fold and pooled out-of-fold figures and
-roc_out_of_fold_*.png; with `config.train.select_checkpoint = "last"` no fold's scored
-predictions took part in choosing its model, so the pooled figure is unbiased.
+Trains fold k in W/fold_k (reruns resume), then scores every fold, the pooled out-of-fold
+predictions and the fold ensemble on the test split (`ernjax.studies.crossval`, which does the
+work) and writes W/crossval.json, crossval.md, crossval.csv and the ROC figures.
 """
 
-from pathlib import Path
-
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax import atomic
-from ernjax.errors import exit_on_full_disk
-from ernjax.evaluate import predictions, reporting
-from ernjax.evaluate.predictions import Predictions
-from ernjax.train import loop
+from ernjax.errors import one_line_errors
+from ernjax.studies import crossval
 
 FLAGS = flags.FLAGS
 
 
-def fold_config(config, workdir: Path, fold: int):
-    """The config of one fold: `data.fold = fold`, records shared under WORKDIR/records."""
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-        c.data.fold = fold
-        c.data.records_dir = config.data.records_dir or str(workdir / "records")
-    return c
-
-
-def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
-    """Trains (or resumes) every fold, then scores folds, pooled and ensemble predictions.
-
-    Args:
-      config: the full config; `config.data.split.folds` folds.
-      workdir: the cross-validation directory.
-      folds: fold indices to train ([] or None: all); the summary needs every fold.
-      ensemble: "mean" or "majority".
-
-    Returns:
-      Nested results {"fold_k": {"validation", "test"}, "pooled_validation", "ensemble_test"}.
-    """
-    workdir = Path(workdir)
-    k = int(config.data.split.folds)
-    if k < 2:
-        raise ValueError(f"config.data.split.folds={k}: cross-validation needs at least 2 folds")
-    todo = list(folds) if folds else list(range(k))
-    for fold in todo:
-        if not 0 <= fold < k:
-            raise ValueError(f"fold {fold} is not in 0..{k - 1}")
-        logging.info("cross-validation: fold %d of %d", fold, k)
-        loop.train_and_evaluate(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
-    missing = [f for f in range(k) if not (workdir / f"fold_{f}" / "results.json").exists()]
-    if missing:
-        logging.info("folds %s not trained yet: no pooled summary", missing)
-        return {}
-    return summarize(config, workdir, k, ensemble)
-
-
-def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
-    """Scores the k fold runs under WORKDIR (see the module docstring) and writes the reports.
-
-    Without a test split (`config.data.split.test = 0`, for cohorts too small to hold one out)
-    the pooled out-of-fold metrics are the result, and there is no ensemble.
-    """
-    fold_dirs = [workdir / f"fold_{f}" for f in range(k)]
-    val = [predictions.read_csv(d / "predictions_validation.csv") for d in fold_dirs]
-    has_test = all((d / "predictions_test.csv").exists() for d in fold_dirs)
-    test = [predictions.read_csv(d / "predictions_test.csv") for d in fold_dirs] if has_test else []
-    classes = val[0].class_names
-    positive = classes.index(config.eval.positive_class)
-    ev = config.eval
-    results = {}
-    fold_cutoffs = []
-    for f in range(k):
-        fold_cutoffs.append(predictions.thresholds(ev, val[f], positive))
-        results[f"fold {f} validation"] = predictions.score(ev, val[f], positive)
-        if has_test:
-            results[f"fold {f} test"] = predictions.score(ev, test[f], positive, fold_cutoffs[f])
-    pooled = concat(val)
-    results["pooled out-of-fold"] = predictions.score(ev, pooled, positive)
-    if has_test:
-        cutoffs = predictions.thresholds(ev, pooled, positive)
-        ens = ensemble_predictions(test, positive, ensemble, fold_cutoffs)
-        results[f"ensemble ({ensemble}) test"] = predictions.score(
-            ev, ens, positive, cutoffs if ensemble == "mean" else None
-        )
-        curves = {f"fold {f}": p for f, p in enumerate(test)} | {"ensemble": ens}
-        _write(workdir, config, results, curves, "roc_test", positive)
-    else:
-        curves = {f"fold {f}": p for f, p in enumerate(val)} | {"pooled": pooled}
-        _write(workdir, config, results, curves, "roc_out_of_fold", positive)
-    return results
-
-
-def concat(parts: list[Predictions]) -> Predictions:
-    """The examples of several prediction sets, one after the other."""
-    return Predictions(
-        subject_id=[s for p in parts for s in p.subject_id],
-        label=np.concatenate([p.label for p in parts]),
-        probs=np.concatenate([p.probs for p in parts]),
-        class_names=parts[0].class_names,
-    )
-
-
-def ensemble_predictions(
-    members: list[Predictions], positive: int, method: str = "mean", cutoffs=None
-) -> Predictions:
-    """Combines the predictions of several models on the same examples.
-
-    Args:
-      members: predictions of each model, the same examples in the same order.
-      positive: index of the positive class.
-      method: "mean": mean class probabilities; "majority": each model calls an example
-        positive at its own image cut-off (`cutoffs[i]["threshold"]`, default 0.5) and the
-        positive "probability" is the fraction of models that did (a tie counts as positive at
-        the 0.5 cut-off).
-      cutoffs: per-member cut-offs for "majority".
-
-    Raises:
-      ValueError: members disagree on examples or labels, or an unknown method.
-    """
-    first = members[0]
-    for i, m in enumerate(members[1:], 1):
-        if m.subject_id != first.subject_id or not np.array_equal(m.label, first.label):
-            raise ValueError(f"ensemble member {i} predicted different examples than member 0")
-    if method == "mean":
-        probs = np.mean([m.probs for m in members], axis=0)
-    elif method == "majority":
-        if first.probs.shape[1] != 2:
-            raise ValueError("majority voting is defined here for two classes")
-        cutoffs = cutoffs or [{}] * len(members)
-        votes = [
-            m.probs[:, positive] >= c.get("threshold", 0.5)
-            for m, c in zip(members, cutoffs, strict=True)
-        ]
-        frac = np.mean(votes, axis=0)
-        probs = np.zeros_like(first.probs)
-        probs[:, positive], probs[:, 1 - positive] = frac, 1.0 - frac
-    else:
-        raise ValueError(f"ensemble method {method!r}: expected 'mean' or 'majority'")
-    return Predictions(list(first.subject_id), first.label.copy(), probs, first.class_names)
-
-
-def _write(workdir: Path, config, results, curves, roc_name: str, positive: int) -> None:
-    """The ROC figures and crossval.*, renamed into place together (crossval.json last)."""
-    with atomic.staged():
-        predictions.plot_rocs(
-            curves,
-            workdir / roc_name,
-            positive,
-            config.eval.positive_class,
-            config.eval.subject_method,
-        )
-        reporting.write_tables(workdir, "crossval", results)
-    print(reporting.format_table(results), flush=True)
-
-
 def main(argv):
-    """Entry point (absl)."""
+    """Entry point (absl): flags -> `studies.crossval.run`."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     folds = [int(f) for f in FLAGS.folds]
-    run(FLAGS.config, FLAGS.workdir, folds, FLAGS.ensemble)
+    crossval.run(FLAGS.config, FLAGS.workdir, folds, FLAGS.ensemble)
 
 
 if __name__ == "__main__":
@@ -185,4 +31,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Configuration file.", lock_config=True
     )
-    app.run(exit_on_full_disk(main))
+    app.run(one_line_errors(main))

@@ -93,3 +93,33 @@ def exit_on_full_disk(main):
             sys.exit(f"ernjax: {e}")
 
     return wrapped
+
+
+def one_line_errors(main):
+    """Wraps a command's `main`: bad input or a full disk ends it with one line and exit status 1.
+
+    Every command line entry point runs through it (`python -m ernjax.main`, `.predict`,
+    `.crossval`, `.compare`, `.preprocess`, `.data.synthetic`). An `InputError` names the
+    subject, the file and the problem, and a full disk what was being written where: a traceback
+    through TFDS, Orbax or the trainer would only bury that last line. Other errors (bugs, a
+    config that makes no sense) keep their traceback.
+
+    Args:
+      main: the entry point, e.g. an absl `main(argv)`.
+
+    Returns:
+      `main` with the same arguments, exiting with "ernjax: <message>" on such errors.
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as e:
+            sys.exit(f"ernjax: {e}")
+        except OSError as e:
+            if disk_full_reason(e) is None:
+                raise
+            sys.exit(f"ernjax: {e}")
+
+    return wrapped

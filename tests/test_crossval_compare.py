@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernjax import compare, crossval, defaults
+from ernjax import defaults
 from ernjax.evaluate import predictions
 from ernjax.evaluate.predictions import Predictions
+from ernjax.studies import compare, crossval
 from ernjax.train import loop
 
 CLASSES = ("necrosis", "recurrence")

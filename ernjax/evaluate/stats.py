@@ -27,6 +27,9 @@ PROPORTION_CI_METHODS = ("wilson", "wilson_cc", "exact", "wald")
 AUC_CI_METHODS = ("delong", "bootstrap")
 SUBJECT_METHODS = ("mean", "predictive_index", "majority")
 NAN = float("nan")
+# The image cut-off when none was chosen on validation data: argmax for two classes, as Gao 2020
+# and Ying 2025 used.
+DEFAULT_THRESHOLD = 0.5
 
 
 # ----------------------------------------------------------------------------- proportions
@@ -290,7 +293,12 @@ def roc_auc_with_ci(
 
 # ----------------------------------------------------------------------------- subjects
 def aggregate_by_subject(
-    probs_pos, labels, subject_ids: Sequence[str], method: str = "mean", *, threshold: float = 0.5
+    probs_pos,
+    labels,
+    subject_ids: Sequence[str],
+    method: str = "mean",
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One score per subject from its images' positive-class probabilities.
 
@@ -380,7 +388,9 @@ def choose_thresholds(
     """
     probs, labels, subject_ids = _check(probs, labels, subject_ids, positive, None)
     score = probs[:, positive]
-    threshold = choose_threshold(labels, score, positive=positive) if tune_threshold else 0.5
+    threshold = DEFAULT_THRESHOLD
+    if tune_threshold:
+        threshold = choose_threshold(labels, score, positive=positive)
     if tune_subject_threshold is None:
         tune_subject_threshold = subject_method == "predictive_index"
     _, s_score, s_labels = aggregate_by_subject(
@@ -389,8 +399,18 @@ def choose_thresholds(
     if tune_subject_threshold:
         subject_threshold = choose_threshold(s_labels, s_score, positive=positive)
     else:
-        subject_threshold = threshold if subject_method == "mean" else 0.5
+        subject_threshold = default_subject_threshold(subject_method, threshold)
     return {"threshold": threshold, "subject_threshold": subject_threshold}
+
+
+def default_subject_threshold(subject_method: str, threshold: float) -> float:
+    """The subject cut-off when none was chosen on validation data.
+
+    "mean" scores a subject on the scale of its slice probabilities, so the image cut-off
+    `threshold` applies; "predictive_index" and "majority" score the fraction of slices called
+    positive, cut at half (a tie counts as positive).
+    """
+    return threshold if subject_method == "mean" else 0.5
 
 
 # ----------------------------------------------------------------------------- tests
@@ -470,7 +490,7 @@ def evaluate_predictions(
     *,
     positive: int,
     class_names: Sequence[str],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     subject_method: str = "mean",
     subject_threshold: float | None = None,
     ci_method: str = "wilson",
@@ -517,7 +537,7 @@ def evaluate_predictions(
     )
     notes = []
     if subject_threshold is None:
-        subject_threshold = threshold if subject_method == "mean" else 0.5
+        subject_threshold = default_subject_threshold(subject_method, threshold)
         if subject_method == "predictive_index":
             notes.append("subject_threshold not chosen on validation data; 0.5 used")
     subject, subject_notes = _level_metrics(

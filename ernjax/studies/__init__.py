@@ -1,0 +1,5 @@
+"""Studies: several training runs on the same patients, scored together.
+
+crossval  k-fold cross-validation by patient: per-fold, pooled out-of-fold and fold-ensemble metrics
+compare   several models x MRI sequence sets on one split: one table, DeLong and t tests, ROC curves
+"""
