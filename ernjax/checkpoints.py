@@ -19,19 +19,25 @@ traceback lines for a small model); those echoes of the one error are dropped (s
 and `_quiet_unraisable`).
 """
 
+import dataclasses
+import json
 import logging
 import math
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grain.python as grain
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from ernjax.errors import NoSpaceError, disk_full_reason
+from ernjax.errors import InputError, NoSpaceError, disk_full_reason
 
 _ITEMS = ("state", "data", "meta", "config")
 
@@ -114,13 +120,17 @@ class Checkpointer:
     Every process must make the same calls (Orbax coordinates multi-host writes).
     """
 
-    def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
+    def __init__(
+        self, directory: str | Path, *, keep: int, async_save: bool = True, read_only=False
+    ):
         """Opens (or creates) the checkpoint directory.
 
         Args:
           directory: where the step folders live, e.g. WORKDIR/checkpoints.
           keep: how many of the latest steps to keep (the best one is kept in addition).
           async_save: write in a background thread once the arrays are copied to the host.
+          read_only: read a finished run, or one another process is writing (`load_model`):
+            nothing is created, saved or cleaned up, and the state is read by `restore_model`.
         """
         if keep < 1:
             raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
@@ -139,15 +149,18 @@ class Checkpointer:
             preservation_policy=policy,
             best_fn=_best_key,
             best_mode="max",
-            cleanup_tmp_directories=True,
+            # Read-only: another process may be writing the run. (Not Orbax's `read_only`,
+            # which warns at every open; this object just never saves.)
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
-            create=True,
+            create=not read_only,
         )
+        handlers = {"data": grain.PyGrainCheckpointHandler()}
+        if read_only:  # the saved tree's structure (`item_metadata`) and partial restores
+            handlers["state"] = ocp.PyTreeCheckpointHandler()
+            handlers |= {k: ocp.JsonCheckpointHandler() for k in ("meta", "config")}
         self._manager = ocp.CheckpointManager(
-            self.directory,
-            item_names=_ITEMS,
-            item_handlers={"data": grain.PyGrainCheckpointHandler()},
-            options=options,
+            self.directory, item_names=_ITEMS, item_handlers=handlers, options=options
         )
         self._writing = None  # the step of a save that may still run in the background
         self._failed = False  # a save hit a full disk; Orbax then re-raises it on every wait
@@ -254,6 +267,36 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], dict(restored["meta"])
 
+    def restore_model(self, step: int, like=None):
+        """Reads only the model part of one checkpoint's state (no optimizer state, no data).
+
+        Needs `read_only=True`. The arrays are read for this process's devices, whatever devices
+        the run was trained on.
+
+        Args:
+          step: the step to read.
+          like: the model's state (`nnx.state(model)`) to restore into, with its shapes, dtypes,
+            shardings and typed PRNG keys; None: the saved structure as nested dicts of numpy
+            arrays (PRNG keys as their key data).
+
+        Raises:
+          InputError: the checkpoint holds no model state (not an ernjax run).
+        """
+        saved = self._manager.item_metadata(step)["state"]
+        if saved is None or "model" not in saved.keys():
+            raise InputError(
+                "", self.directory, f"step {step} holds no model state (not an ernjax run?)"
+            )
+        if like is None:
+            item = {"model": saved["model"]}
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        else:
+            item = {"model": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+            args = ocp.checkpoint_utils.construct_restore_args(item)
+        restore = ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
+        return restored["state"]["model"]
+
     def saved_config(self, step: int) -> str:
         """Returns the config JSON saved with `step`."""
         restored = self._manager.restore(
@@ -282,3 +325,75 @@ class Checkpointer:
         except Exception as e:
             if not (self._failed and disk_full_reason(e)):
                 raise
+
+
+# ----------------------------------------------------------------------------- a finished run
+@dataclasses.dataclass
+class ScoredModel:
+    """A finished run's model: the checkpoint its results were computed with (`load_model`).
+
+    Attributes:
+      config: the run's config, as saved with its checkpoints.
+      state: the model part of that checkpoint's train state (parameters, BatchNorm statistics,
+        RNG state): restored into `model`, or nested dicts of numpy arrays without one.
+      step: the checkpoint's step.
+      which: why that step, e.g. "best validation AUC".
+      model: built from `config` by `load_model`'s `build`, with `state` loaded, in eval mode;
+        None when no `build` was given.
+    """
+
+    config: ml_collections.ConfigDict
+    state: Any
+    step: int
+    which: str
+    model: nnx.Module | None = None
+
+
+def run_checkpoints(path) -> Path | None:
+    """The folder of a run's step folders: PATH/checkpoints or PATH itself; None if neither."""
+    for directory in (Path(path) / "checkpoints", Path(path)):
+        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
+            return directory
+    return None
+
+
+def load_model(
+    path, build: Callable[[ml_collections.ConfigDict], nnx.Module] | None = None
+) -> ScoredModel:
+    """Loads the model a finished run was scored with: the one place that says which it is.
+
+    The step is the one `config.train.select_checkpoint` of the run's own (latest saved) config
+    chose for its results (`Checkpointer.scored_step`), so a prediction, a pretrained start or an
+    analysis uses the model the run's metrics describe. Only the model state is read: no
+    optimizer, mesh or compiled step is built, and the run may have had other devices.
+
+    Args:
+      path: the run's WORKDIR, or its checkpoints folder.
+      build: config -> a freshly built model of that config (e.g. `train.steps.create_model`);
+        the state is restored into it and it is set to eval mode. None: the state comes back as
+        nested dicts of numpy arrays (e.g. to load into a model of another shape).
+
+    Returns:
+      The ScoredModel.
+
+    Raises:
+      InputError: PATH holds no complete checkpoint, or the checkpoint no model state.
+    """
+    directory = run_checkpoints(path)
+    if directory is None:
+        raise InputError("", Path(path) / "checkpoints", "no checkpoint: train the model first")
+    ckpt = Checkpointer(directory, keep=1, async_save=False, read_only=True)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            raise InputError("", directory, "holds no complete ernjax checkpoint")
+        config = ml_collections.ConfigDict(json.loads(ckpt.saved_config(latest)))
+        step, which = ckpt.scored_step(config.get("train", {}).get("select_checkpoint", "best"))
+        model = build(config) if build is not None else None
+        state = ckpt.restore_model(step, nnx.state(model) if model is not None else None)
+    finally:
+        ckpt.close()
+    if model is not None:
+        nnx.update(model, state)
+        model.eval()
+    return ScoredModel(config, state, int(step), which, model)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ernjax import predict
+from ernjax import inference
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions
 from ernjax.train import loop
@@ -35,10 +35,10 @@ def _test_subject(workdir: Path) -> str:
 
 
 def test_predict_matches_the_test_evaluation(run_2d, tmp_path):
-    run = predict.load_run(run_2d)
+    run = inference.load_run(run_2d)
     sid = _test_subject(run_2d)
-    subject = predict.make_subject(run, sid, {}, subject_dir=run_2d / "synthetic_cohort" / sid)
-    report = predict.predict(run, subject, tmp_path / "out", max_pngs=3)
+    subject = inference.make_subject(run, sid, {}, subject_dir=run_2d / "synthetic_cohort" / sid)
+    report = inference.predict(run, subject, tmp_path / "out", max_pngs=3)
 
     test = predictions.read_csv(run_2d / "predictions_test.csv")
     rows = [i for i, s in enumerate(test.subject_id) if s == sid]
@@ -57,16 +57,16 @@ def test_predict_matches_the_test_evaluation(run_2d, tmp_path):
 
 
 def test_predict_from_files_refuses_a_missing_modality(run_2d):
-    run = predict.load_run(run_2d)
+    run = inference.load_run(run_2d)
     sid = _test_subject(run_2d)
     folder = run_2d / "synthetic_cohort" / sid
     files = {"t1": folder / f"{sid}_t1.nii.gz", "t1c": folder / f"{sid}_t1c.nii.gz"}
     with pytest.raises(InputError, match=r"missing \['t2'\]: pass --t2=FILE"):
-        predict.make_subject(run, "P1", files)
+        inference.make_subject(run, "P1", files)
 
 
 def test_predict_refuses_a_4d_series(run_2d, tmp_path):
-    run = predict.load_run(run_2d)
+    run = inference.load_run(run_2d)
     sid = _test_subject(run_2d)
     folder = run_2d / "synthetic_cohort" / sid
     files = {m: folder / f"{sid}_{m}.nii.gz" for m in ("t1", "t2", "t1c")}
@@ -74,24 +74,24 @@ def test_predict_refuses_a_4d_series(run_2d, tmp_path):
     series = np.stack([np.asarray(img.dataobj)] * 2, -1)
     files["t2"] = tmp_path / "t2_dwi.nii.gz"
     nib.save(nib.Nifti1Image(series, img.affine), files["t2"])
-    subject = predict.make_subject(run, "P1", files)
+    subject = inference.make_subject(run, "P1", files)
     with pytest.raises(InputError, match=r"subject P1, file .*t2_dwi.nii.gz: expected a 3D volume"):
-        predict.predict(run, subject, tmp_path / "out")
+        inference.predict(run, subject, tmp_path / "out")
 
 
 def test_predict_without_a_run_says_so(tmp_path):
     with pytest.raises(InputError, match="no checkpoint: train the model first"):
-        predict.load_run(tmp_path)
+        inference.load_run(tmp_path)
 
 
 def test_predict_3d_writes_the_map_in_the_scan_space(tmp_path):
     workdir = tmp_path / "run"
     loop.train_and_evaluate(_config("configs/resnet3d.py"), workdir)
-    run = predict.load_run(workdir)
+    run = inference.load_run(workdir)
     sid = _test_subject(workdir)
     folder = workdir / "synthetic_cohort" / sid
-    subject = predict.make_subject(run, sid, {}, subject_dir=folder)
-    report = predict.predict(run, subject, tmp_path / "out")
+    subject = inference.make_subject(run, sid, {}, subject_dir=folder)
+    report = inference.predict(run, subject, tmp_path / "out")
     test = predictions.read_csv(workdir / "predictions_test.csv")
     row = test.subject_id.index(sid)
     assert report["probabilities"]["necrosis"] == pytest.approx(test.probs[row, 0], abs=2e-5)
@@ -106,12 +106,12 @@ def test_predict_a_raw_clinical_case_through_the_runs_preprocessing(run_2d, shar
     raw = shared_data / "tcga_fg6692_raw" / "TCGA-FG-6692"
     if not raw.is_dir():
         pytest.skip(f"{raw} not found")
-    run = predict.load_run(run_2d)
+    run = inference.load_run(run_2d)
     # As if the run had been trained on a cohort made by `python -m ernjax.preprocess`.
     run.config.data.preprocess.steps = ("reorient", "n4", "coregister", "mni", "skullstrip")
     files = {m: next(raw.glob(f"*_{m}.nii.gz")) for m in ("t1", "t2", "t1c")}
-    subject = predict.make_subject(run, "TCGA-FG-6692", files)
-    report = predict.predict(run, subject, tmp_path / "out", max_pngs=2)
+    subject = inference.make_subject(run, "TCGA-FG-6692", files)
+    report = inference.predict(run, subject, tmp_path / "out", max_pngs=2)
     # No mask: every brain slice of the MNI-registered volume is classified.
     assert report["n_images"] >= 10
     assert sum(report["probabilities"].values()) == pytest.approx(1.0)
@@ -122,14 +122,14 @@ def test_predict_a_raw_clinical_case_through_the_runs_preprocessing(run_2d, shar
 
 
 def test_predict_refuses_a_mask_from_another_grid(run_2d, tmp_path):
-    run = predict.load_run(run_2d)
+    run = inference.load_run(run_2d)
     sid = _test_subject(run_2d)
     folder = run_2d / "synthetic_cohort" / sid
     files = {m: folder / f"{sid}_{m}.nii.gz" for m in ("t1", "t2", "t1c")}
     img = nib.load(folder / f"{sid}_mask.nii.gz")
     bad = tmp_path / "lesion.nii.gz"  # the case: half the shape under the image's header
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2, ::2, ::2], img.affine), bad)
-    subject = predict.make_subject(run, "P1", files, mask=bad)
+    subject = inference.make_subject(run, "P1", files, mask=bad)
     with pytest.raises(InputError, match=r"subject P1, file .*lesion.nii.gz: the lesion mask has"):
-        predict.predict(run, subject, tmp_path / "out")
+        inference.predict(run, subject, tmp_path / "out")
     assert not (tmp_path / "out" / "report.json").exists()

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ernjax import atomic
+from ernjax import atomic, checkpoints
 from ernjax.errors import InputError
 from ernjax.models import convert
 
@@ -243,41 +243,15 @@ def _match_checkpoint(model, path: Path, targets):
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, int]:
-    """Returns ({"a.b.kernel": array} of the saved model state, the step read)."""
-    import orbax.checkpoint as ocp  # only here: reading PyTorch files does not need it
-
-    from ernjax import checkpoints
-
-    directory = _checkpoint_dir(path)
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    items = ("state", "meta", "config")
-    with ocp.CheckpointManager(directory, item_names=items, options=options) as mgr:
-        steps = list(mgr.all_steps())
-        if not steps:
-            raise InputError("", path, "holds no complete ernjax checkpoint")
-        latest = max(steps)
-        args = ocp.args.Composite(meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
-        saved = mgr.restore(latest, args=args)
-        meta, config = saved["meta"], json.loads(saved["config"]["json"])
-        # The checkpoint the run was scored with (train.select_checkpoint), as predict uses.
-        select = config.get("train", {}).get("select_checkpoint", "best")
-        best = meta.get("best_step") if meta.get("best_step") in steps else None
-        step, _ = checkpoints.scored_step(select, best, latest)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore())
-        state = mgr.restore(step, args=args)["state"]
-    if not isinstance(state, Mapping) or "model" not in state:
-        raise InputError("", directory, f"step {step} holds no model state (not an ernjax run?)")
-    return dict(_flatten(state["model"])), int(step)
-
-
-def _checkpoint_dir(path: Path) -> Path:
-    """The directory holding the step folders: `path/checkpoints` or `path` itself."""
-    for directory in (path / "checkpoints", path):
-        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
-            return directory
-    raise InputError(
-        "", path, "is neither a PyTorch weight file nor an ernjax run/checkpoints directory"
-    )
+    """Returns ({"a.b.kernel": array} of the run's scored model state, the step read)."""
+    if checkpoints.run_checkpoints(path) is None:
+        raise InputError(
+            "", path, "is neither a PyTorch weight file nor an ernjax run/checkpoints directory"
+        )
+    # The model the run was scored with (config.train.select_checkpoint), as predict uses;
+    # in numpy arrays, since this model may differ from it (head, input channels).
+    scored = checkpoints.load_model(path)
+    return dict(_flatten(scored.state)), scored.step
 
 
 def _flatten(tree, prefix=""):
