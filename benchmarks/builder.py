@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from benchmarks import common
 from ernjax.data import pipeline as input_pipeline
 from ernjax.data import records
+from ernjax.data.prepare import prepare
 from ernjax.train import steps as train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def measure(config, workdir: Path, n: int) -> dict:
     n_subjects = len(recs.index["assignment"]) + len(recs.index["skipped"])
     n_examples = sum(len(v["label"]) for v in recs.index["splits"].values())
 
-    info = input_pipeline.prepare(config, workdir)
+    info = prepare(config, workdir)
     batch = config.train.batch_size
     it = input_pipeline.train_iterator(config, info, global_batch=batch)
     next(it)  # opens the shards

@@ -1,31 +1,32 @@
-"""Orbax checkpoints of a training run: the train state, the data position, progress and config.
+"""Orbax checkpoints of a training run, and which of its steps is the model.
 
 One `CheckpointManager` in WORKDIR/checkpoints holds, per saved step, four items:
   state   the model state (parameters, BatchNorm statistics, the dropout RNG key and counter)
           and the optimizer state, as one pytree (`StandardSave`: sharded arrays, typed PRNG keys)
   data    the Grain iterator position, one JSON file per process (Grain's own Orbax handler)
-  meta    progress as JSON: step, epoch, best validation AUC and its step, epochs without gain
+  meta    the run's `Progress` as JSON: step, best validation metric and its step, epochs without
+          gain, stopped early (checkpoints written before Progress say "best_auc": still read)
   config  the run's config as JSON (what produced the checkpoint)
 
-Kept: the latest `keep` steps plus the best by validation AUC (ties go to the earlier step, the
-one early stopping saw first). Orbax writes each step into a temporary directory and renames it
-when complete, so a SIGKILL at any moment leaves the previous checkpoints readable; leftover
-temporary directories are removed when the next run opens the manager.
+Kept: the latest `keep` steps plus the best by the validation metric `config.train.select_metric`
+(`SelectMetric`; ties go to the earlier step, the one early stopping saw first). Each step's Orbax
+metrics hold its "score", that metric signed so that higher is better (the loss negated);
+checkpoints written before hold "val_auc", read the same. Orbax writes each step into a temporary
+directory and renames it when complete, so a SIGKILL at any moment leaves the previous checkpoints
+readable; leftover temporary directories are removed when the next run opens the manager.
 
 A full disk (or quota) during a save raises one `NoSpaceError` naming the step and the folder.
 Orbax reports such a failure from each of its background threads, and each write TensorStore
 still had in flight when Orbax closed its event loop reports "Event loop is closed" (about 1,100
-traceback lines for a small model); those echoes of the one error are dropped (see `_QuietOrbax`
-and `_quiet_unraisable`).
+traceback lines for a small model); those echoes of the one error are dropped, as are Orbax's
+INFO lines, while a `Checkpointer` is open (`ernjax.orbax_logs`; importing changes no logging).
 """
 
+import contextlib
 import dataclasses
 import json
-import logging
 import math
-import sys
-import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,80 +38,106 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ernjax import orbax_logs
 from ernjax.errors import InputError, NoSpaceError, disk_full_reason
 
 _ITEMS = ("state", "data", "meta", "config")
 
 
-class _QuietOrbax(logging.Filter):
-    """Drops Orbax's INFO lines, its warning on saves without metrics, and full-disk reports.
+# ----------------------------------------------------------------------------- progress, selection
+@dataclasses.dataclass
+class Progress:
+    """How far a run got, saved with every checkpoint (its "meta" item).
 
-    Orbax logs several INFO lines per save, which would bury the training progress; its other
-    warnings and errors still show. Mid-epoch steps carry no metrics by design. A full disk is
-    logged with a traceback by each Orbax thread that saw it, and by asyncio for each write task
-    left behind ("Task exception was never retrieved"): `Checkpointer` raises it once instead.
+    Attributes:
+      step: train steps taken.
+      best_metric: the best validation value of `config.train.select_metric` so far, or None.
+      best_step: the step it was reached at, or None.
+      bad_epochs: epochs since the last gain (for early stopping).
+      stopped_early: early stopping ended the run.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        orbax = "/orbax/" in record.pathname.replace("\\", "/")
-        if orbax and record.levelno < logging.WARNING:
-            return False
-        if (orbax or record.name == "asyncio") and _reports_full_disk(record):
-            return False
-        return "did not provide metrics" not in record.getMessage()
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    def to_json(self) -> dict:
+        """The JSON-able dict saved as "meta"."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, meta: Mapping) -> "Progress":
+        """Reads a saved "meta": this class's fields, or the dict written before it.
+
+        Checkpoints written before `Progress` saved the best validation AUC as "best_auc"; keys
+        this class does not know are ignored.
+        """
+        meta = dict(meta)
+        if "best_auc" in meta:
+            meta.setdefault("best_metric", meta.pop("best_auc"))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
 
 
-def _reports_full_disk(record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return bool(disk_full_reason(exc) or disk_full_reason(record.getMessage()))
+# What a run may select its checkpoint by: a key of its flat validation results, the
+# class-weighted loss (lower is better) or a metric of stats.evaluate_predictions (higher is).
+_LEVEL_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
+SELECTABLE = ("loss",) + tuple(f"{lv}.{m}" for lv in ("image", "subject") for m in _LEVEL_METRICS)
 
 
-for _name in ("absl", "asyncio"):
-    logging.getLogger(_name).addFilter(_QuietOrbax())
+@dataclasses.dataclass(frozen=True)
+class SelectMetric:
+    """The validation metric that ranks a run's steps (`config.train.select_metric`).
 
+    The best step, early stopping and the checkpoint kept (and scored) as "best" all follow it.
 
-def _quiet_unraisable(unraisable, previous=sys.unraisablehook) -> None:
-    """Drops the echoes of a failed save that Python reports as unraisable; passes on the rest.
-
-    When one write of a save fails, Orbax closes the event loop of that save while TensorStore's
-    other writes are still running; as each finishes, TensorStore's callback finds the loop
-    closed ("RuntimeError: Event loop is closed", one traceback per write). At exit, Python then
-    closes Orbax's abandoned write coroutines, whose clean-up fails on the half torn-down
-    interpreter. Neither says anything the first error did not.
+    Attributes:
+      name: one of `SELECTABLE`, e.g. "image.auc" (the default), "subject.auc" or "loss".
     """
-    exc, obj = unraisable.exc_value, unraisable.object
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    closed_loop = (
-        isinstance(exc, RuntimeError)
-        and str(exc) == "Event loop is closed"
-        and tb is not None
-        and tb.tb_frame.f_code.co_name == "_check_closed"
-    )
-    abandoned = isinstance(obj, types.CoroutineType) and "/orbax/" in obj.cr_code.co_filename
-    if not (closed_loop or abandoned):
-        previous(unraisable)
 
+    name: str = "image.auc"
 
-sys.unraisablehook = _quiet_unraisable
+    def __post_init__(self):
+        if self.name not in SELECTABLE:
+            raise ValueError(
+                f"config.train.select_metric={self.name!r}: expected one of {', '.join(SELECTABLE)}"
+            )
+
+    @property
+    def higher_is_better(self) -> bool:
+        """False for the loss, True for the others."""
+        return self.name != "loss"
+
+    def score(self, value: float | None) -> float | None:
+        """`value` signed so that higher is better (the loss negated); None if None or NaN."""
+        if value is None or not math.isfinite(value):
+            return None
+        return float(value) if self.higher_is_better else -float(value)
+
+    def improves(self, value: float | None, best: float | None) -> bool:
+        """Whether `value` strictly beats `best` (None: nothing yet); NaN never does."""
+        score = self.score(value)
+        return score is not None and (best is None or score > self.score(best))
 
 
 def _best_key(metrics: dict) -> tuple[float, int]:
-    """Ranks steps by validation AUC, then by earliness (higher is better)."""
-    return (metrics["val_auc"], -metrics["step"])
+    """Ranks steps by their score (higher is better), then by earliness."""
+    # "val_auc": the score of the checkpoints written before config.train.select_metric.
+    return (metrics["score"] if "score" in metrics else metrics["val_auc"], -metrics["step"])
 
 
 def scored_step(select: str, best: int | None, latest: int | None) -> tuple[int | None, str]:
     """The step a run is scored and used with, and why (`config.train.select_checkpoint`).
 
-    "best": the best validation AUC step, or the latest when no step has one; "last": the latest.
-    None when there is no checkpoint.
+    "best": the step best by `config.train.select_metric`, or the latest when no step had a
+    defined value; "last": the latest. None when there is no checkpoint.
     """
     if select == "best" and best is not None:
-        return best, "best validation AUC"
+        return best, "best by config.train.select_metric on validation"
     if select == "best":
-        return latest, "latest: no validation AUC was defined"
+        return latest, "latest: no validation config.train.select_metric was defined"
     return latest, "last (config.train.select_checkpoint)"
 
 
@@ -138,7 +165,7 @@ class Checkpointer:
         policy = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=keep),
-                # Steps saved without a validation AUC (mid-epoch, or AUC undefined) only count
+                # Steps saved without a validation score (mid-epoch, or undefined) only count
                 # for LatestN; otherwise they would be kept forever.
                 policies.BestN(
                     get_metric_fn=_best_key, n=1, keep_checkpoints_without_metrics=False
@@ -159,9 +186,16 @@ class Checkpointer:
         if read_only:  # the saved tree's structure (`item_metadata`) and partial restores
             handlers["state"] = ocp.PyTreeCheckpointHandler()
             handlers |= {k: ocp.JsonCheckpointHandler() for k in ("meta", "config")}
-        self._manager = ocp.CheckpointManager(
-            self.directory, item_names=_ITEMS, item_handlers=handlers, options=options
-        )
+        # Orbax's INFO lines and the echoes of a full disk are dropped until close().
+        self._quiet = contextlib.ExitStack()
+        self._quiet.enter_context(orbax_logs.quiet())
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, item_names=_ITEMS, item_handlers=handlers, options=options
+            )
+        except BaseException:
+            self._quiet.close()
+            raise
         self._writing = None  # the step of a save that may still run in the background
         self._failed = False  # a save hit a full disk; Orbax then re-raises it on every wait
 
@@ -188,7 +222,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """Returns the step with the best validation AUC, or None when no step has one."""
+        """Returns the step best by its validation score, or None when no step has one."""
         if not any(self._manager.metrics(s) for s in self._manager.all_steps()):
             return None
         return self._manager.best_step()
@@ -206,10 +240,10 @@ class Checkpointer:
         step: int,
         state: Any,
         data_iterator,
-        meta: dict,
+        progress: Progress,
         config_json: str,
         *,
-        val_auc: float | None = None,
+        score: float | None = None,
     ) -> None:
         """Writes one checkpoint (asynchronously unless disabled).
 
@@ -220,25 +254,25 @@ class Checkpointer:
           step: the number of train steps taken.
           state: the train state pytree (jax arrays, possibly sharded).
           data_iterator: the Grain train iterator (its position is saved per process).
-          meta: JSON-able progress (step, epoch, best AUC, ...).
+          progress: the run's progress at this step.
           config_json: the run's config, `config.to_json()`.
-          val_auc: validation AUC at this step; None or NaN if there is none (the step is then
-            not a candidate for "best").
+          score: this step's validation `SelectMetric.score` (higher is better); None or NaN if
+            there is none (the step is then not a candidate for "best").
         """
         metrics = None
-        if val_auc is not None and math.isfinite(val_auc):
-            metrics = {"val_auc": float(val_auc), "step": int(step)}
+        if score is not None and math.isfinite(score):
+            metrics = {"score": float(score), "step": int(step)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.PyGrainCheckpointSave(data_iterator),
-            meta=ocp.args.JsonSave(meta),
+            meta=ocp.args.JsonSave(progress.to_json()),
             config=ocp.args.JsonSave({"json": config_json}),
         )
         self.wait()  # Orbax reports a failed background save at the next call: name that step
         self._guard(step, lambda: self._manager.save(step, args=args, metrics=metrics))
         self._writing = step
 
-    def restore(self, step: int, state_like: Any, data_iterator=None) -> tuple[Any, dict]:
+    def restore(self, step: int, state_like: Any, data_iterator=None) -> tuple[Any, Progress]:
         """Reads one checkpoint.
 
         Args:
@@ -248,24 +282,24 @@ class Checkpointer:
           data_iterator: the Grain train iterator to reposition, or None to leave data alone.
 
         Returns:
-          (state, meta).
+          (state, progress).
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
         if data_iterator is not None:
             items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], dict(restored["meta"])
+        return restored["state"], Progress.from_json(restored["meta"])
 
-    def restore_raw(self, step: int) -> tuple[dict, dict]:
+    def restore_raw(self, step: int) -> tuple[dict, Progress]:
         """Reads one checkpoint without a template (for analysis and tests).
 
         Returns:
-          (state as nested dicts of arrays, meta).
+          (state as nested dicts of arrays, progress).
         """
         items = {"state": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], dict(restored["meta"])
+        return restored["state"], Progress.from_json(restored["meta"])
 
     def restore_model(self, step: int, like=None):
         """Reads only the model part of one checkpoint's state (no optimizer state, no data).
@@ -316,7 +350,9 @@ class Checkpointer:
     def close(self) -> None:
         """Finishes pending writes and releases the manager.
 
-        After a full disk was reported, closing does not report it again.
+        After a full disk was reported, closing does not report it again, and Orbax's filters
+        stay: its abandoned writes report the same error as they are torn down, up to the
+        interpreter's exit.
         """
         if not self._failed:
             self.wait()
@@ -325,6 +361,9 @@ class Checkpointer:
         except Exception as e:
             if not (self._failed and disk_full_reason(e)):
                 raise
+        finally:
+            if not self._failed:
+                self._quiet.close()
 
 
 # ----------------------------------------------------------------------------- a finished run

@@ -90,8 +90,13 @@ def base_config() -> ml_collections.ConfigDict:
     t.grad_clip = 1.0  # global-norm clip, 0 to disable
     t.class_weights = ()  # () = n_total / (n_classes * n_class) from the training split
     t.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
-    t.early_stopping_patience = 0  # epochs without validation AUC gain before stopping; 0 = off
-    # Which checkpoint is scored at the end: "best" validation AUC, or the "last" one. "last"
+    # The validation metric that picks the best step, counts for early stopping and is kept as
+    # the "best" checkpoint: a key of the flat validation results, "image.auc" (what ernjax
+    # selected by before this field existed), "subject.auc", ..., or "loss" (class-weighted;
+    # lower is better). The names allowed: ernjax.checkpoints.SELECTABLE.
+    t.select_metric = "image.auc"
+    t.early_stopping_patience = 0  # epochs without select_metric gain before stopping; 0 = off
+    # Which checkpoint is scored at the end: "best" by select_metric, or the "last" one. "last"
     # keeps the validation split untouched by model selection, so that its metrics (and pooled
     # out-of-fold metrics in cross-validation) are unbiased; use it when there is no test split.
     t.select_checkpoint = "best"

@@ -1,5 +1,5 @@
 """What bad input gets, through the real entry points with the default settings of
-`configs/ern.py:tiny`: the records build of `input_pipeline.prepare` (as `ernjax.main` runs it) and
+`configs/ern.py:tiny`: the records build of `data.prepare.prepare` (as `ernjax.main` runs it) and
 `python -m ernjax.main` itself. Every refusal names the subject, the file or folder and the
 problem, and leaves no dataset, staging folder or output behind; non-ASCII names just work.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import configs.ern
-from ernjax.data import pipeline as input_pipeline
+from ernjax.data.prepare import prepare
 from ernjax.errors import InputError
 from ernjax.train import loop
 
@@ -52,7 +52,7 @@ def _leftovers(workdir: Path) -> list[Path]:
 def _refused(cohort: Path, workdir: Path, subject: str, path: Path, problem: str) -> str:
     """Runs the records build of a run; checks the message and that nothing was left."""
     with pytest.raises(InputError) as err:
-        input_pipeline.prepare(_config(cohort), workdir)
+        prepare(_config(cohort), workdir)
     message = str(err.value)
     assert err.value.subject == subject and f"subject {subject}," in message, message
     assert err.value.path == str(path) and str(path) in message, message
@@ -128,7 +128,7 @@ def test_orphan_folder_is_refused_with_the_way_out(cohort, tmp_path):
         "if it holds no subject",
     )
     (cohort / "dummy-10").rename(cohort / "_not_a_subject")
-    info = input_pipeline.prepare(_config(cohort), tmp_path / "work")
+    info = prepare(_config(cohort), tmp_path / "work")
     assert sum(info.num_examples.values()) > 0
 
 
@@ -164,7 +164,7 @@ def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path):
     config = _config(cohort)
     config.train.num_epochs = 1
     loop.train_and_evaluate(config, workdir)
-    info = input_pipeline.prepare(config, workdir)
+    info = prepare(config, workdir)
     ids = {s for split in ("train", "validation", "test") for s in info.subject_ids(split)}
     assert set(NON_ASCII.values()) <= ids
     for split in ("validation", "test"):
@@ -181,7 +181,7 @@ def test_folder_names_in_decomposed_unicode_match_labels_csv(cohort, tmp_path):
     for f in (cohort / "patiënt-03").iterdir():
         f.rename(f.with_name(f.name.replace("patiënt-03", nfd)))
     (cohort / "patiënt-03").rename(cohort / nfd)
-    info = input_pipeline.prepare(_config(cohort), tmp_path / "work")
+    info = prepare(_config(cohort), tmp_path / "work")
     ids = {s for split in ("train", "validation", "test") for s in info.subject_ids(split)}
     assert "patiënt-03" in ids and nfd not in ids
 

@@ -1,4 +1,4 @@
-"""Checkpointer: what is kept (latest k + best AUC), exact restore, and crash leftovers."""
+"""Checkpointer: what is kept (latest k + best score), exact restore, old formats, leftovers."""
 
 import json
 
@@ -6,6 +6,7 @@ import grain.python as grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ernjax import checkpoints
@@ -31,8 +32,8 @@ def _iterator():
 
 
 def _save(ckpt, step, auc=None, it=None):
-    meta = {"step": step, "best_auc": auc}
-    ckpt.save(step, _state(step), it or _iterator(), meta, json.dumps({"s": step}), val_auc=auc)
+    progress = checkpoints.Progress(step=step, best_metric=auc)
+    ckpt.save(step, _state(step), it or _iterator(), progress, json.dumps({"s": step}), score=auc)
 
 
 def test_keeps_latest_k_and_the_best_auc(tmp_path):
@@ -65,8 +66,8 @@ def test_restore_is_exact_and_repositions_the_data(tmp_path):
 
     ckpt = checkpoints.Checkpointer(tmp_path, keep=1)
     fresh = _iterator()
-    state, meta = ckpt.restore(7, _state(0.0), fresh)
-    assert meta == {"step": 7, "best_auc": 0.8}
+    state, progress = ckpt.restore(7, _state(0.0), fresh)
+    assert progress == checkpoints.Progress(step=7, best_metric=0.8)
     np.testing.assert_array_equal(state["w"], np.full((3, 2), 7.0))
     assert int(state["count"]) == 7
     np.testing.assert_array_equal(
@@ -97,3 +98,51 @@ def test_an_interrupted_write_is_ignored_and_cleaned(tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep_checkpoints"):
         checkpoints.Checkpointer(tmp_path, keep=0)
+
+
+def test_the_loss_selects_its_lowest_step(tmp_path):
+    loss = checkpoints.SelectMetric("loss")
+    assert not loss.higher_is_better and loss.improves(0.3, 0.4) and not loss.improves(0.5, 0.4)
+    assert not loss.improves(float("nan"), None) and loss.improves(0.9, None)
+    ckpt = checkpoints.Checkpointer(tmp_path, keep=1, async_save=False)
+    for step, value in [(1, 0.7), (2, 0.4), (3, 0.4), (4, 0.6)]:
+        _save(ckpt, step, loss.score(value))
+    assert ckpt.best_step() == 2  # the lowest loss; the tie goes to the earlier step
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
+
+
+def test_an_unknown_select_metric_names_the_choices():
+    choices = r"select_metric='image\.auroc': expected one of loss, image\.auc, image\.accuracy"
+    with pytest.raises(ValueError, match=choices):
+        checkpoints.SelectMetric("image.auroc")
+
+
+def test_checkpoints_written_before_progress_still_restore(tmp_path):
+    """Before Progress: "meta" a dict with "best_auc", the Orbax metrics {"val_auc", "step"}."""
+    options = ocp.CheckpointManagerOptions(
+        best_fn=lambda m: (m["val_auc"], -m["step"]), best_mode="max", create=True
+    )
+    items = ("state", "data", "meta", "config")
+    handlers = {"data": grain.PyGrainCheckpointHandler()}
+    with ocp.CheckpointManager(
+        tmp_path, item_names=items, item_handlers=handlers, options=options
+    ) as mgr:
+        for step, auc in [(3, 0.9), (6, 0.7)]:
+            meta = dict(
+                step=step, best_auc=0.9, best_step=3, bad_epochs=step // 6, stopped_early=False
+            )
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(_state(step)),
+                data=grain.PyGrainCheckpointSave(_iterator()),
+                meta=ocp.args.JsonSave(meta),
+                config=ocp.args.JsonSave({"json": "{}"}),
+            )
+            mgr.save(step, args=args, metrics={"val_auc": auc, "step": step})
+    ckpt = checkpoints.Checkpointer(tmp_path, keep=3, async_save=False)
+    assert ckpt.best_step() == 3
+    assert ckpt.scored_step("best")[0] == 3
+    state, progress = ckpt.restore(6, _state(0.0))
+    assert progress == checkpoints.Progress(step=6, best_metric=0.9, best_step=3, bad_epochs=1)
+    assert int(state["count"]) == 6
+    ckpt.close()

@@ -76,8 +76,8 @@ def test_ernjax_checkpoint_round_trip_takes_the_best_step(tmp_path):
     for step, (seed, auc) in enumerate([(1, 0.9), (2, 0.6)], start=1):
         model = tiny(seed=seed, dropout=0.2)  # dropout: an RNG state in the checkpoint too
         saved[step] = flat(model)
-        meta = {"step": step, "best_step": 1, "best_auc": 0.9}
-        ckpt.save(step, {"model": nnx.state(model)}, _iterator(), meta, "{}", val_auc=auc)
+        progress = checkpoints.Progress(step=step, best_metric=0.9, best_step=1)
+        ckpt.save(step, {"model": nnx.state(model)}, _iterator(), progress, "{}", score=auc)
     ckpt.close()
 
     model = tiny(seed=7, dropout=0.2)
@@ -113,9 +113,9 @@ def test_ernjax_run_scored_with_the_last_checkpoint_gives_the_last_step(tmp_path
     ckpt = checkpoints.Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False)
     config = json.dumps({"train": {"select_checkpoint": "last"}})
     for step, auc in [(1, 0.9), (2, 0.6)]:
-        meta = {"step": step, "best_step": 1, "best_auc": 0.9}
+        progress = checkpoints.Progress(step=step, best_metric=0.9, best_step=1)
         model = tiny(seed=step)
-        ckpt.save(step, {"model": nnx.state(model)}, _iterator(), meta, config, val_auc=auc)
+        ckpt.save(step, {"model": nnx.state(model)}, _iterator(), progress, config, score=auc)
     assert ckpt.scored_step("last") == (2, "last (config.train.select_checkpoint)")
     assert ckpt.scored_step("best")[0] == 1
     ckpt.close()

@@ -1,6 +1,6 @@
 """Trainer: data-parallel step == single device, loss and schedule, NaN guard, kill-and-resume.
 
-Most runs use `FakePipeline` (the input_pipeline contract on in-memory arrays, with a real Grain
+Most runs use `FakePipeline` (the `DataPipeline` contract on in-memory arrays, with a real Grain
 iterator so the data position is checkpointed the same way); the last tests run the real configs
 end to end. Compiled steps are shared between runs (and the killed subprocess) through a
 persistent compilation cache, so each program compiles once per session.
@@ -10,6 +10,7 @@ persistent compilation cache, so each program compiles once per session.
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import signal
@@ -29,6 +30,8 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from ernjax import checkpoints, defaults
+from ernjax.data import pipeline as pipeline_lib
+from ernjax.data.prepare import DataInfo
 from ernjax.train import loop, objective
 from ernjax.train import steps as train_steps
 
@@ -50,6 +53,7 @@ class FakeInfo:
     class_names: tuple
     num_examples: dict
     train_class_counts: tuple
+    skipped: tuple = ()
 
     def subject_ids(self, split: str) -> list[str]:
         return [_example(split, i)["subject_id"] for i in range(SIZES[split])]
@@ -134,7 +138,7 @@ class _Slow(_Wrapped):
 
 
 class FakePipeline:
-    """input_pipeline's contract (prepare, train_iterator, eval_iterator, steps_per_epoch)."""
+    """A `DataPipeline` (prepare, train_iterator, eval_iterator, steps_per_epoch) in memory."""
 
     def __init__(self, nan_at: int | None = None, delay: float = 0.0):
         self.nan_at, self.delay, self.train_iter = nan_at, delay, None
@@ -256,15 +260,56 @@ def test_learning_rate_schedule_shape():
 
 
 def test_early_stopping_counts_epochs_without_auc_gain():
-    meta = dict(best_auc=None, best_step=None, bad_epochs=0, stopped_early=False)
+    progress, auc_metric = checkpoints.Progress(), checkpoints.SelectMetric("image.auc")
     for step, auc in [(3, 0.7), (6, float("nan")), (9, 0.8), (12, 0.8)]:
-        loop.track_best(meta, auc, step, patience=2)
-        assert not meta["stopped_early"]
-    assert (meta["best_auc"], meta["best_step"], meta["bad_epochs"]) == (0.8, 9, 1)
-    loop.track_best(meta, 0.75, 15, patience=2)
-    assert meta["stopped_early"]
-    loop.track_best(meta, 0.1, 18, patience=0)
-    assert not meta["stopped_early"]  # 0 = off
+        loop.track_best(progress, auc, step, patience=2, select=auc_metric)
+        assert not progress.stopped_early
+    assert (progress.best_metric, progress.best_step, progress.bad_epochs) == (0.8, 9, 1)
+    loop.track_best(progress, 0.75, 15, patience=2, select=auc_metric)
+    assert progress.stopped_early
+    loop.track_best(progress, 0.1, 18, patience=0, select=auc_metric)
+    assert not progress.stopped_early  # 0 = off
+
+
+def test_early_stopping_on_the_loss_counts_rises():
+    progress, loss = checkpoints.Progress(), checkpoints.SelectMetric("loss")
+    for step, value in [(3, 0.7), (6, 0.5), (9, 0.6), (12, 0.5)]:
+        loop.track_best(progress, value, step, patience=2, select=loss)
+    assert (progress.best_metric, progress.best_step, progress.bad_epochs) == (0.5, 6, 2)
+    assert progress.stopped_early
+
+
+def test_a_bad_select_metric_stops_before_any_data_work(tmp_path):
+    class NoData(FakePipeline):
+        def prepare(self, config, workdir):
+            raise AssertionError("prepare ran")
+
+    config = tiny_config(select_metric="auc")
+    with pytest.raises(ValueError, match=r"config\.train\.select_metric='auc': expected one of"):
+        loop.train_and_evaluate(config, tmp_path, pipeline=NoData())
+    assert not list(tmp_path.iterdir())
+
+
+def _params(fn, skip_self: bool) -> list[tuple[str, object]]:
+    params = list(inspect.signature(fn).parameters.values())[1 if skip_self else 0 :]
+    return [(p.name, p.kind) for p in params]
+
+
+@pytest.mark.parametrize("pipeline", [pipeline_lib.GRAIN, FakePipeline()], ids=["grain", "fake"])
+def test_the_real_pipeline_and_the_fake_are_the_data_seam(pipeline):
+    """Both satisfy DataPipeline: the methods with its parameters, and infos that are layouts."""
+    assert isinstance(pipeline, pipeline_lib.DataPipeline)
+    for name in ("prepare", "steps_per_epoch", "train_iterator", "eval_iterator"):
+        expected = _params(getattr(pipeline_lib.DataPipeline, name), skip_self=True)
+        assert _params(getattr(pipeline, name), skip_self=False) == expected, name
+    if isinstance(pipeline, FakePipeline):
+        info = pipeline.prepare(tiny_config(), "")
+        it = pipeline.train_iterator(tiny_config(), info, global_batch=8)
+        assert isinstance(it, pipeline_lib.CheckpointableIterator)
+    else:
+        parts = {"train": (("train", 0),)}
+        info = DataInfo("", "slices2d", SHAPE, CLASSES, {"train": 1}, (0, 1), parts)
+    assert isinstance(info, pipeline_lib.DataLayout)
 
 
 class _TinyNet(nnx.Module):

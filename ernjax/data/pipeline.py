@@ -5,9 +5,13 @@ checkpointed; `eval_iterator` sees every example exactly once, padding the last 
 `valid=False` so the compiled step keeps one shape. Both give this process's share of each
 global batch (global batch / process count), ready for `jax.make_array_from_process_local_data`.
 The data layout they read comes from `ernjax.data.prepare`.
+
+`DataPipeline` writes down what the trainer asks of its data (`ernjax.train.loop`'s `pipeline=`);
+`GRAIN` is the real one, built from these functions, and tests pass in-memory stand-ins.
 """
 
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import grain.python as grain
 import jax
@@ -16,7 +20,7 @@ from scipy import ndimage
 
 from ernjax.data import records as records_lib
 from ernjax.data import spec as spec_lib
-from ernjax.data.prepare import DataInfo, prepare  # noqa: F401  (prepare: the trainer's data seam)
+from ernjax.data.prepare import DataInfo, prepare
 
 
 class _Source(grain.RandomAccessDataSource):
@@ -149,3 +153,78 @@ def eval_iterator(config, info: DataInfo, split: str, *, global_batch: int) -> I
             ex = source[i if i < len(source) else 0]
             rows.append({**ex, "valid": np.bool_(i < len(source))})
         yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+# ----------------------------------------------------------------------------- the trainer's seam
+@runtime_checkable
+class CheckpointableIterator(Protocol):
+    """An endless stream of batches whose position a checkpoint saves and restores.
+
+    Grain's iterators are; `ernjax.checkpoints` saves them with Grain's Orbax handler, which
+    calls `get_state` and `set_state`.
+    """
+
+    def __iter__(self): ...
+
+    def __next__(self) -> dict: ...
+
+    def get_state(self):
+        """The position, JSON-able."""
+        ...
+
+    def set_state(self, state) -> None:
+        """Moves to a position `get_state` gave."""
+        ...
+
+
+@runtime_checkable
+class DataLayout(Protocol):
+    """What the trainer reads of the data `prepare` found (`DataInfo` is one)."""
+
+    image_shape: tuple[int, ...]  # per example, channels last
+    class_names: tuple[str, ...]
+    num_examples: dict[str, int]  # per split after fold selection; 0 or absent: no such split
+    train_class_counts: tuple[int, ...]
+    skipped: tuple[dict, ...]  # subjects left out under config.data.on_error="skip"
+
+    def subject_ids(self, split: str) -> list[str]:
+        """Subject of each example of `split`, in the order of `eval_iterator`."""
+        ...
+
+
+@runtime_checkable
+class DataPipeline(Protocol):
+    """The trainer's data seam: the data of a run, as batches of this process's share.
+
+    Batches are dicts of numpy arrays with a leading axis of global batch / process count:
+    "image" float32 [b, *image_shape], "label" int32, "valid" bool (False: padding), and
+    "subject_id" str.
+    """
+
+    def prepare(self, config, workdir) -> DataLayout:
+        """Makes the data of `config` ready under `workdir` (once) and says what it holds."""
+        ...
+
+    def steps_per_epoch(self, info, global_batch: int) -> int:
+        """Train steps in one pass over the training split, >= 1."""
+        ...
+
+    def train_iterator(self, config, info, *, global_batch: int) -> CheckpointableIterator:
+        """Endless, shuffled (and augmented) training batches from `config.seed`."""
+        ...
+
+    def eval_iterator(self, config, info, split: str, *, global_batch: int) -> Iterator[dict]:
+        """Every example of `split` once, in subject_ids order; the last batch padded."""
+        ...
+
+
+class GrainPipeline:
+    """`DataPipeline` over the records on disk: `prepare` and the Grain iterators above."""
+
+    prepare = staticmethod(prepare)
+    steps_per_epoch = staticmethod(steps_per_epoch)
+    train_iterator = staticmethod(train_iterator)
+    eval_iterator = staticmethod(eval_iterator)
+
+
+GRAIN = GrainPipeline()  # what `train_and_evaluate` uses unless given another pipeline

@@ -13,15 +13,16 @@ rerun ends with the same parameters as an uninterrupted one.
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
 
-from ernjax import atomic, checkpoints
-from ernjax.data import pipeline as input_pipeline
+from ernjax import atomic
+from ernjax.checkpoints import Checkpointer, Progress, SelectMetric
+from ernjax.data.pipeline import GRAIN, CheckpointableIterator, DataLayout, DataPipeline
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.models import pretrained
@@ -38,17 +39,18 @@ class NonFiniteLossError(FloatingPointError):
 class _Run:
     """Everything one call of `train_and_evaluate` works with."""
 
-    config: Any
-    info: Any
+    config: ml_collections.ConfigDict
+    info: DataLayout
     workdir: Path
-    pipeline: Any
+    pipeline: DataPipeline
     steps: Steps
     schedule: optax.Schedule
     positive: int
-    train_iter: Any
-    ckpt: checkpoints.Checkpointer
+    select: SelectMetric
+    train_iter: CheckpointableIterator
+    ckpt: Checkpointer
     writer: Writer
-    meta: dict
+    progress: Progress
     steps_per_epoch: int
 
     @property
@@ -56,8 +58,8 @@ class _Run:
         return self.config.train.num_epochs * self.steps_per_epoch
 
 
-def _check_sizes(config, info) -> None:
-    """Fails early, in words, on sizes and settings the mesh, model or data cannot take."""
+def _check_settings(config) -> SelectMetric:
+    """Fails at once, in words, on settings no data can make right; returns the select metric."""
     if config.train.select_checkpoint not in ("best", "last"):
         raise ValueError(
             f"config.train.select_checkpoint={config.train.select_checkpoint!r}: expected "
@@ -68,6 +70,11 @@ def _check_sizes(config, info) -> None:
         size = config[name.split(".")[0]][name.split(".")[1]]
         if size % n:
             raise ValueError(f"config.{name}={size} must be a multiple of the {n} devices")
+    return SelectMetric(config.train.select_metric)
+
+
+def _check_data(config, info: DataLayout) -> None:
+    """Fails early, in words, on settings the data cannot take."""
     if config.model.num_classes != len(info.class_names):
         raise ValueError(
             f"config.model.num_classes={config.model.num_classes} but the data has classes "
@@ -80,10 +87,11 @@ def _check_sizes(config, info) -> None:
         )
 
 
-def _setup(config, workdir: Path, pipeline) -> _Run:
+def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
     """Data, model, optimizer, compiled steps, checkpoints (resumed if any) and the writer."""
+    select = _check_settings(config)  # before the records are built: that can take minutes
     info = pipeline.prepare(config, workdir)
-    _check_sizes(config, info)
+    _check_data(config, info)
     spe = pipeline.steps_per_epoch(info, config.train.batch_size)
     model = create_model(config, info.image_shape)
     if config.model.init_from:
@@ -110,10 +118,11 @@ def _setup(config, workdir: Path, pipeline) -> _Run:
         steps=steps,
         schedule=schedule,
         positive=info.class_names.index(config.eval.positive_class),
+        select=select,
         train_iter=pipeline.train_iterator(config, info, global_batch=config.train.batch_size),
-        ckpt=checkpoints.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints),
+        ckpt=Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints),
         writer=Writer(workdir / "tensorboard"),
-        meta=dict(step=0, best_auc=None, best_step=None, bad_epochs=0, stopped_early=False),
+        progress=Progress(),
         steps_per_epoch=spe,
     )
     _resume(run)
@@ -128,18 +137,18 @@ def _resume(run: _Run) -> None:
         return
     if run.ckpt.saved_config(step) != run.config.to_json():
         logging.warning("resuming step %d with a config that differs from the saved one", step)
-    run.steps.state, run.meta = run.ckpt.restore(step, run.steps.state, run.train_iter)
+    run.steps.state, run.progress = run.ckpt.restore(step, run.steps.state, run.train_iter)
     logging.info("resumed from %s at step %d", run.ckpt.directory, step)
 
 
-def train_and_evaluate(config, workdir, *, pipeline=input_pipeline) -> dict:
+def train_and_evaluate(config, workdir, *, pipeline: DataPipeline = GRAIN) -> dict:
     """Trains (resuming from WORKDIR/checkpoints if possible), then evaluates the best checkpoint.
 
     Args:
       config: the full config (see ernjax/defaults.py).
       workdir: directory for records, checkpoints, TensorBoard events and results.
-      pipeline: the data module (prepare, train_iterator, eval_iterator, steps_per_epoch);
-        tests substitute a fake one.
+      pipeline: the data (`ernjax.data.pipeline.DataPipeline`): the records through Grain, or
+        a test's in-memory stand-in.
 
     Returns:
       Flat results, e.g. {"test.image.auc": ..., "test.subject.auc": ...}, and "skipped": the
@@ -174,12 +183,12 @@ def _train(run: _Run) -> float:
       Steps per second after the first logged step (compilation excluded; validation and
       checkpoints included), NaN if too few steps ran.
     """
-    cfg = run.config.train
-    step, spe, total = run.meta["step"], run.steps_per_epoch, run.total_steps
-    if step >= total or run.meta["stopped_early"]:
+    cfg, progress = run.config.train, run.progress
+    step, spe, total = progress.step, run.steps_per_epoch, run.total_steps
+    if step >= total or progress.stopped_early:
         logging.info("training already complete at step %d", step)
         return math.nan
-    progress = StepLog(
+    log = StepLog(
         run.writer,
         run.schedule,
         batch_size=cfg.batch_size,
@@ -188,7 +197,7 @@ def _train(run: _Run) -> float:
         step=step,
     )
     pending = None
-    while step < total and not run.meta["stopped_early"]:
+    while step < total and not progress.stopped_early:
         batch = next(run.train_iter)
         run.steps.state, metrics = run.steps.train(
             run.steps.state, device_batch(batch, run.steps.batch_sharding)
@@ -201,23 +210,18 @@ def _train(run: _Run) -> float:
         epoch_end = step % spe == 0
         save = epoch_end or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0)
         if save or (cfg.log_every_steps and step % cfg.log_every_steps == 0):
-            progress.log(step, _check_finite(run, *pending))
+            log.log(step, _check_finite(run, *pending))
             pending = None
-        val_auc = _end_epoch(run, step // spe) if epoch_end else None
+        value = _end_epoch(run, step // spe) if epoch_end else None
         if save:
-            run.meta["step"] = step
-            run.ckpt.save(
-                step,
-                run.steps.state,
-                run.train_iter,
-                run.meta,
-                run.config.to_json(),
-                val_auc=val_auc,
-            )
-            progress.restart_interval(step)  # keep validation and saving out of examples/s
+            progress.step = step
+            score = run.select.score(value)
+            config = run.config.to_json()
+            run.ckpt.save(step, run.steps.state, run.train_iter, progress, config, score=score)
+            log.restart_interval(step)  # keep validation and saving out of examples/s
     if pending is not None:
         _check_finite(run, *pending)
-    return progress.steps_per_second(step)
+    return log.steps_per_second(step)
 
 
 def _check_finite(run: _Run, step: int, metrics: dict, subject_ids) -> dict:
@@ -238,38 +242,45 @@ def _check_finite(run: _Run, step: int, metrics: dict, subject_ids) -> dict:
 
 
 def _end_epoch(run: _Run, epoch: int) -> float | None:
-    """Validates, logs, and updates the best AUC and the early-stopping count in run.meta."""
+    """Validates, logs, and updates the best value and the early-stopping count in run.progress.
+
+    Returns:
+      The validation value of `config.train.select_metric`, None without a validation split.
+    """
     if not run.info.num_examples.get("validation"):
         return None
     results, _ = _evaluate_split(run, run.steps.state["model"], "validation")
     flat, loss = reporting.flatten(results), results["loss"]
-    step, auc = epoch * run.steps_per_epoch, flat["image.auc"]
+    step, value = epoch * run.steps_per_epoch, flat[run.select.name]
     shown = {f"validation/{k}": v for k, v in flat.items() if k.rsplit(".", 1)[-1] in _TB_METRICS}
     run.writer.scalars(step, {"validation/loss": loss, **shown})
-    m = run.meta
-    track_best(m, auc, step, run.config.train.early_stopping_patience)
-    best = f"best AUC {m['best_auc']} at step {m['best_step']}"
+    p = run.progress
+    track_best(p, value, step, run.config.train.early_stopping_patience, run.select)
+    best = f"best {run.select.name} {p.best_metric} at step {p.best_step}"
     logging.info(
         "epoch %d validation: loss %.4f, image AUC %.3f, subject AUC %.3f (%s)%s",
-        *(epoch, loss, auc, flat["subject.auc"], best),
-        "; stopping early" if m["stopped_early"] else "",
+        *(epoch, loss, flat["image.auc"], flat["subject.auc"], best),
+        "; stopping early" if p.stopped_early else "",
     )
-    return auc
+    return value
 
 
 _TB_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
 
 
-def track_best(meta: dict, auc: float, step: int, patience: int) -> None:
-    """Updates best_auc/best_step, the epochs without gain and stopped_early in `meta`.
+def track_best(
+    progress: Progress, value: float, step: int, patience: int, select: SelectMetric
+) -> None:
+    """Updates the best value and step, the epochs without gain and stopped_early in `progress`.
 
-    Only a strict gain counts; an undefined (NaN) AUC is no gain. patience 0 never stops.
+    Only a strict gain (in `select`'s direction) counts; an undefined (NaN) value is no gain.
+    patience 0 never stops.
     """
-    if math.isfinite(auc) and (meta["best_auc"] is None or auc > meta["best_auc"]):
-        meta.update(best_auc=auc, best_step=step, bad_epochs=0)
+    if select.improves(value, progress.best_metric):
+        progress.best_metric, progress.best_step, progress.bad_epochs = value, step, 0
     else:
-        meta["bad_epochs"] += 1
-    meta["stopped_early"] = bool(patience and meta["bad_epochs"] >= patience)
+        progress.bad_epochs += 1
+    progress.stopped_early = bool(patience and progress.bad_epochs >= patience)
 
 
 def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictions]:
@@ -307,7 +318,8 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
 def _final_evaluation(run: _Run) -> dict:
     """Restores the selected checkpoint and scores validation and test.
 
-    "best" is the best validation AUC (the latest when no AUC was defined); "last" the latest.
+    "best" is the step best by config.train.select_metric on validation (the latest when it
+    was never defined); "last" the latest.
 
     Cut-offs come from the validation predictions as `config.eval` says (never from test); the
     predictions of both splits are written to WORKDIR/predictions_<split>.csv.
@@ -333,13 +345,13 @@ def _final_evaluation(run: _Run) -> dict:
         if skipped := _skipped(run):
             print(reporting.format_skipped(skipped), flush=True)
     flat = reporting.flatten(results)
-    flat["checkpoint_step"] = float(step if step is not None else run.meta["step"])
+    flat["checkpoint_step"] = float(step if step is not None else run.progress.step)
     return flat
 
 
 def _skipped(run: _Run) -> list[dict]:
-    """The subjects the data left out (a pipeline without skips need not say)."""
-    return [dict(s) for s in getattr(run.info, "skipped", ())]
+    """The subjects the data left out."""
+    return [dict(s) for s in run.info.skipped]
 
 
 def _write_results(run: _Run, results: dict) -> None:
