@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ernjax.errors import InputError, exit_on_full_disk
+from ernjax.errors import one_line_errors
 from ernjax.train import loop
 
 FLAGS = flags.FLAGS
@@ -38,12 +38,7 @@ def main(argv):
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
     )
     check_writable(FLAGS.workdir)
-    try:
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except InputError as err:
-        # The user's data to fix: the subject, the file and the problem on one line, which a
-        # traceback through TFDS and the trainer would only bury.
-        sys.exit(f"ernjax: {err}")
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id) -> None:
@@ -82,4 +77,4 @@ def check_writable(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(exit_on_full_disk(main))
+    app.run(one_line_errors(main))

@@ -247,3 +247,42 @@ def test_read_only_workdir_gets_one_line(read_only_workdir):
         "choose another --workdir or make this one writable"
     )
     assert stat.S_IMODE(work.stat().st_mode) == 0o555 and list(work.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- every command
+# Each command line entry point runs through errors.one_line_errors: bad input is one line
+# naming what is wrong, and exit status 1 (`ernjax.main`'s own cases are above).
+COMMANDS = {
+    "predict": (
+        ["--workdir={tmp}/run", "--t1={tmp}/t1.nii.gz"],
+        "ernjax: file {tmp}/run/checkpoints: no checkpoint: train the model first",
+    ),
+    "crossval": (
+        ["--config=configs/ern.py:tiny", "--config.data.cohort_dir={cohort}", "--workdir={tmp}/cv"],
+        "ernjax: subject {sid}, file {cohort}/{sid}: no t2 file matches '*_t2.nii.gz'",
+    ),
+    "compare": (
+        ["--config=configs/ern.py:tiny", "--config.data.cohort_dir={cohort}", "--workdir={tmp}/c"],
+        "ernjax: subject {sid}, file {cohort}/{sid}: no t2 file matches '*_t2.nii.gz'",
+    ),
+    "preprocess": (
+        ["--cohort_dir={tmp}/none", "--out_dir={tmp}/out"],
+        "ernjax: file {tmp}/none: cohort folder not found",
+    ),
+    "data.synthetic": (
+        ["--out", "{tmp}/synthetic", "--subjects", "0"],
+        "ernjax: cohort: subjects must be >= 1, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_bad_input_in_one_line(command, cohort, tmp_path):
+    (cohort / SID / f"{SID}_t2.nii.gz").unlink()
+    args, line = COMMANDS[command]
+    where = dict(tmp=tmp_path, cohort=cohort, sid=SID)
+    cmd = [sys.executable, "-m", f"ernjax.{command}", *(a.format(**where) for a in args)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1] == line.format(**where)

@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from ernjax import atomic
 from ernjax.data.geometry import Image, resample, save_image, spacing_grid
+from ernjax.errors import InputError, one_line_errors
 
 GENERATOR_VERSION = 1  # bump when the images change, so cached cohorts are rewritten
 MODALITIES = ("t1", "t1c", "t2", "flair")
@@ -480,9 +481,17 @@ def main(argv=None) -> None:
     ap.add_argument("--slice_thickness", type=float, default=0.0, help="mm; 0 = isotropic")
     ap.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm")
     args = vars(ap.parse_args(argv))
-    path = write_cohort(args.pop("out"), **args)
+    out = args.pop("out")
+    try:
+        _check(**{k: v for k, v in args.items() if k != "seed"})
+    except ValueError as e:  # a value out of range: the user's to fix, said in one line
+        raise InputError("", "", str(e)) from None
+    try:
+        path = write_cohort(out, **args)
+    except FileExistsError as e:  # --out is a folder of other files
+        raise InputError("", "", str(e)) from None
     print(f"synthetic cohort: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)()
