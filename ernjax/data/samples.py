@@ -153,6 +153,21 @@ def load_subject(subject, spec) -> SubjectVolume:
       ValueError: a configuration that does not fit (unknown channel, wrong shape length).
     """
     spec = SampleSpec.from_config(spec)
+    vol = load_on_grid(subject, spec)
+    return _resize(vol.image, vol.brain, vol.mask, vol.affine, vol.lesion_slices, spec)
+
+
+def load_on_grid(subject, spec) -> SubjectVolume:
+    """Steps 1-6 of the module docstring: a subject on its sampling grid, before resizing.
+
+    Voxels keep their physical size (the lengths of the affine's first three columns, in mm,
+    along d, h and w), which features in physical units need; `load_subject` resizes this
+    volume to `spec.shape`. For slices2d the D axis is never resized, so `lesion_slices` are the
+    records' slice numbers.
+
+    Args and Raises: as `load_subject` (`spec.shape` is not read).
+    """
+    spec = SampleSpec.from_config(spec)
     imgs, mask, slices = _onto_grid(subject, spec)
     ref = imgs[spec.reference]
     box = geo.bounding_box(ref.data != 0, margin=MARGIN)
@@ -165,7 +180,7 @@ def load_subject(subject, spec) -> SubjectVolume:
     lesion = None if mask is None else _to_dhw(mask.data[box] > 0.5)
     found = _lesion_slices(subject, slices, lesion, brain, lo[2])
     affine = ref.affine @ _dhw_index(lo, brain.shape[::-1])
-    return _resize(image, brain, lesion, affine, found, spec)
+    return SubjectVolume(image, lesion, brain, affine, tuple(int(k) for k in found))
 
 
 def _lesion_slices(subject, slices, lesion, brain, z0) -> np.ndarray:
