@@ -122,6 +122,20 @@ def test_fit_is_deterministic(built):
     )
 
 
+def test_one_training_subject_of_a_class_fits_at_the_fallback_c(built):
+    # a fold of a tiny cohort: no inner cross-validation possible, still a model (not an error)
+    _, _, table = built["volumes3d"]
+    train = table.rows("train")
+    necrosis = [r for r in train if table.label[r] == 0]
+    rows = [r for r in train if table.label[r] == 1] + necrosis[:1]
+    model = radiomics.fit(table, rows, seed=0)
+    assert (model.C, model.scoring, model.inner_folds) == (radiomics.FALLBACK_C, "none", {})
+    probs = radiomics.predict(model, table, table.rows("test")).probs
+    assert probs.shape == (3, 2) and np.all((probs > 0) & (probs < 1))
+    with pytest.raises(ValueError, match="holds no necrosis example"):
+        radiomics.fit(table, [r for r in train if table.label[r] == 1], seed=0)
+
+
 def test_run_writes_the_networks_outputs(built, capsys):
     cfg, workdir, _ = built["slices2d"]
     results = radiomics.run(cfg, workdir)

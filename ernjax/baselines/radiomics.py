@@ -38,7 +38,7 @@ import numpy as np
 import threadpoolctl
 from absl import app, flags
 from ml_collections import config_flags
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
 from ernjax import atomic
@@ -57,6 +57,10 @@ from ernjax.evaluate.scoring import ScoringPolicy
 # features, 1e-4 all but zeroes every coefficient, 1e2 hardly penalizes.
 CS = tuple(np.logspace(-4, 2, 13))
 MAX_INNER_FOLDS = 5
+# C without an inner cross-validation (a class with 1 training subject, as in the folds of a
+# tiny cohort): the strong penalty the inner CV chose on the embedded cohort (ern.py 0.003,
+# resnet3d.py 0.01), where a few hundred features face a handful of subjects.
+FALLBACK_C = 0.01
 # Below 3 subjects of a class in an inner validation fold, its AUC takes a handful of values,
 # ties between Cs are the rule, and the grid's order picks C rather than the data.
 MIN_SUBJECTS_FOR_AUC = 3
@@ -298,17 +302,22 @@ class RadiomicsModel:
       names: the features it uses, in column order.
       class_names: the classes, in class-index order.
       scaler: StandardScaler fitted on the training rows.
-      classifier: the fitted LogisticRegressionCV (its C chosen by the inner cross-validation).
-      scoring: the inner cross-validation's scoring ("roc_auc" or "neg_log_loss").
-      inner_folds: subject -> inner fold.
+      classifier: the fitted LogisticRegressionCV, or LogisticRegression at `FALLBACK_C` when
+        the training split is too small for an inner cross-validation.
+      C: the inverse penalty it was fitted with.
+      scoring: what chose C: "roc_auc", "neg_log_loss", or "none" (`FALLBACK_C`).
+      inner_folds: subject -> inner fold ({} without an inner cross-validation).
+      inner_scores: the inner cross-validation's mean score of each C of `CS` (() without one).
     """
 
     names: tuple[str, ...]
     class_names: tuple[str, ...]
     scaler: StandardScaler
-    classifier: LogisticRegressionCV
+    classifier: LogisticRegression
+    C: float
     scoring: str
     inner_folds: dict[str, int]
+    inner_scores: tuple[float, ...] = ()
 
     def predict_proba(self, values: np.ndarray) -> np.ndarray:
         """[N, K] class probabilities of [N, len(names)] feature values."""
@@ -320,18 +329,17 @@ class RadiomicsModel:
         Coefficients are per standardized feature (one training standard deviation), so their
         sizes compare; for two classes a positive one raises the probability of the second.
         """
-        clf = self.classifier
-        coef = clf.coef_  # [1, F] for two classes, [K, F] otherwise
+        coef = self.classifier.coef_  # [1, F] for two classes, [K, F] otherwise
         order = np.argsort(-np.abs(coef).max(axis=0), kind="stable")
         return {
             "model": "L2 logistic regression on standardized radiomics features",
             "class_names": list(self.class_names),
-            "C": float(clf.C_),
-            "Cs": [float(c) for c in clf.Cs_],
+            "C": self.C,
+            "Cs": list(CS) if self.inner_scores else [self.C],
             "inner_scoring": self.scoring,
-            "inner_cv_mean_score": [float(s) for s in clf.scores_[:, 0, :].mean(axis=0)],
+            "inner_cv_mean_score": list(self.inner_scores),
             "inner_folds": self.inner_folds,
-            "intercept": [float(v) for v in clf.intercept_],
+            "intercept": [float(v) for v in self.classifier.intercept_],
             "coefficient_of": list(
                 self.class_names[1:] if coef.shape[0] == 1 else self.class_names
             ),
@@ -351,19 +359,16 @@ def inner_folds(subject_ids: Sequence[str], labels: Sequence[int], seed: int) ->
     """Subject -> inner fold: stratified by class, grouped by subject, dealt as the outer folds.
 
     Uses `splits.assign_splits` (no test or validation share): each class's subjects shuffled
-    with `seed` and dealt round-robin, so every fold holds a subject of every class when there
-    are at most as many folds as subjects in the smallest class.
+    with `seed` and dealt round-robin into min(`MAX_INNER_FOLDS`, smallest class) folds, so
+    every fold holds a subject of every class.
 
-    Raises:
-      ValueError: a class with fewer than 2 subjects (no inner cross-validation possible).
+    Returns:
+      The folds, or {} when a class has fewer than 2 subjects (no inner cross-validation).
     """
     by_subject = dict(zip(subject_ids, labels, strict=True))
     counts = np.bincount(list(by_subject.values()))
-    if len(counts) < 2 or counts.min() < 2:
-        raise ValueError(
-            f"the training split holds {counts.tolist()} subjects per class: the penalty's inner "
-            "cross-validation needs at least 2 subjects of each class"
-        )
+    if counts.min() < 2:
+        return {}
     k = min(MAX_INNER_FOLDS, int(counts.min()))
     assigned = splits.assign_splits(
         list(by_subject), list(by_subject.values()), test=0, validation=0, folds=k, seed=seed
@@ -390,7 +395,11 @@ def fit(
     (`inner_folds`: no subject's slices in two folds). Scoring: ROC AUC, the project's metric,
     when the smallest inner validation fold holds at least `MIN_SUBJECTS_FOR_AUC` subjects of
     each class; below that, log loss, which is continuous where so few subjects' AUC would tie
-    across the grid. Ties go to the smallest C (the strongest penalty).
+    across the grid. Ties go to the smallest C (the strongest penalty). With a class of fewer
+    than 2 training subjects there is no inner cross-validation: C is `FALLBACK_C`.
+
+    The scaler is fitted on all training rows, inner validation folds included: only a mean
+    and a standard deviation per feature, against a pipeline refitted in every inner fold.
 
     Args:
       table: the cohort's features.
@@ -402,30 +411,43 @@ def fit(
 
     Returns:
       The fitted RadiomicsModel.
+
+    Raises:
+      ValueError: a class has no training example.
     """
     train_rows = np.asarray(train_rows, np.int64)
     names = tuple(columns) if columns is not None else table.names
-    cols = [table.names.index(n) for n in names]
-    x = table.values[np.ix_(train_rows, cols)]
+    x = table.values[np.ix_(train_rows, [table.names.index(n) for n in names])]
     y = table.label[train_rows]
+    if absent := [c for k, c in enumerate(table.class_names) if not np.any(y == k)]:
+        raise ValueError(f"the training split holds no {' or '.join(absent)} example")
     sids = [table.subject_id[r] for r in train_rows]
-    folds = inner_folds(sids, y.tolist(), seed)
-    cv, scoring = _inner_cv(sids, y, folds, len(table.class_names))
     scaler = StandardScaler().fit(x)
+    folds = inner_folds(sids, y.tolist(), seed)
     # One BLAS thread: on matrices this small, threads only wait on each other (13 C values x 5
     # folds on 542 x 222: 10.4 s with OpenBLAS's 2 threads on a busy 2-core machine, 1.3 s).
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        clf = LogisticRegressionCV(
-            Cs=list(CS),
-            l1_ratios=(0.0,),  # L2
-            cv=cv,
-            scoring=scoring,
-            solver="lbfgs",
-            max_iter=10_000,
-            class_weight=class_weight,
-            use_legacy_attributes=False,
-        ).fit(scaler.transform(x), y)
-    return RadiomicsModel(names, table.class_names, scaler, clf, scoring, folds)
+        return RadiomicsModel(
+            names,
+            table.class_names,
+            scaler,
+            *_classifier(scaler.transform(x), y, sids, folds, class_weight),
+        )
+
+
+def _classifier(x, y, sids, folds: dict, class_weight) -> tuple:
+    """The fitted classifier, C, scoring, folds and inner scores, as `RadiomicsModel` holds them."""
+    common = dict(class_weight=class_weight, solver="lbfgs", max_iter=10_000)
+    if not folds:
+        logging.warning("radiomics: too few training subjects for an inner CV, C = %g", FALLBACK_C)
+        clf = LogisticRegression(C=FALLBACK_C, l1_ratio=0.0, **common).fit(x, y)
+        return clf, FALLBACK_C, "none", {}
+    cv, scoring = _inner_cv(sids, y, folds, len(np.unique(y)))
+    clf = LogisticRegressionCV(
+        Cs=list(CS), l1_ratios=(0.0,), cv=cv, scoring=scoring, use_legacy_attributes=False, **common
+    ).fit(x, y)
+    scores = tuple(float(v) for v in clf.scores_[:, 0, :].mean(axis=0))
+    return clf, float(clf.C_), scoring, folds, scores
 
 
 def _inner_cv(sids, y: np.ndarray, folds: dict[str, int], n_classes: int) -> tuple[list, str]:
@@ -516,7 +538,7 @@ def run(config, workdir, table: FeatureTable | None = None) -> dict:
     flat = reporting.flatten(scored)
     flat.update(
         {
-            "radiomics.C": float(model.classifier.C_),
+            "radiomics.C": model.C,
             "radiomics.n_features": float(len(model.names)),
             # the whole run (the records' build too, when this run made them), and the fit
             "radiomics.seconds": time.perf_counter() - start,
@@ -529,7 +551,7 @@ def run(config, workdir, table: FeatureTable | None = None) -> dict:
             predictions.write_csv(workdir / f"predictions_{split}.csv", p)
         atomic.write_text(workdir / "radiomics_model.json", json.dumps(model.summary(), indent=1))
         reporting.write_json(workdir / "results.json", flat, indent=2)
-    print(f"Radiomics baseline (C = {model.classifier.C_:.3g}, {len(model.names)} features):")
+    print(f"Radiomics baseline (C = {model.C:.3g}, {len(model.names)} features):")
     print(reporting.format_table(scored), flush=True)
     if table.skipped:
         print(reporting.format_skipped(table.skipped), flush=True)
