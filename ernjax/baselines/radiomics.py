@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +47,7 @@ from ernjax.data import prepare as prepare_lib
 from ernjax.data import records as records_lib
 from ernjax.data import samples, splits
 from ernjax.data.spec import SampleSpec
-from ernjax.errors import InputError, exit_on_full_disk
+from ernjax.errors import InputError, one_line_errors
 from ernjax.evaluate import predictions, reporting
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
@@ -562,10 +561,7 @@ def main(argv):
     """Entry point (absl)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except InputError as err:
-        sys.exit(f"ernjax: {err}")  # the subject, the file and the problem on one line
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -574,4 +570,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "The networks' configuration file.", lock_config=True
     )
-    app.run(exit_on_full_disk(main))
+    app.run(one_line_errors(main))
