@@ -76,25 +76,6 @@ def disk_full_reason(error: BaseException | str | None) -> str | None:
     return None
 
 
-def exit_on_full_disk(main):
-    """Wraps an absl `main`: a full disk ends the program with one line and exit status 1.
-
-    Without it the user gets a long traceback whose last line (the only useful one) is easy to
-    miss; nothing but the message tells them more.
-    """
-
-    @functools.wraps(main)
-    def wrapped(argv):
-        try:
-            return main(argv)
-        except OSError as e:
-            if disk_full_reason(e) is None:
-                raise
-            sys.exit(f"ernjax: {e}")
-
-    return wrapped
-
-
 def one_line_errors(main):
     """Wraps a command's `main`: bad input or a full disk ends it with one line and exit status 1.
 

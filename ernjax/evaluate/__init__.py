@@ -1,6 +1,8 @@
 """Evaluation: statistics, predictions and how they are scored, tables and figures.
 
 stats        metrics with CIs, DeLong, bootstrap, subject aggregation, threshold choice, t tests
-predictions  per-example predictions (CSV in and out), cut-offs from validation, scoring, ROC data
+predictions  per-example predictions of one split, CSV in and out
+scoring      the scoring policy of config.eval: positive class, cut-offs from validation, the
+             subject rule, scores and ROC data (the one owner: trainer, studies and predict ask it)
 reporting    flat results, text/Markdown/CSV tables, ROC figures, JSON
 """

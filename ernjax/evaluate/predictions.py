@@ -1,8 +1,9 @@
-"""Per-example predictions: one CSV format, and scoring them the way `config.eval` says.
+"""Per-example predictions of one split, and their one CSV format.
 
-Training writes `predictions_<split>.csv`; cross-validation, comparisons and ensembles read them
-back, so every command scores predictions with the same thresholds, CI methods and subject-wise
-rule. Thresholds always come from validation predictions, never from the split being scored.
+Training writes `predictions_<split>.csv`; cross-validation, comparisons, ensembles and predict
+read them back and score them with one `ernjax.evaluate.scoring.ScoringPolicy`, so every command
+uses the same cut-offs (chosen on validation predictions, never on the split being scored), CI
+methods and subject-wise rule.
 """
 
 import csv
@@ -13,7 +14,6 @@ import numpy as np
 
 from ernjax import atomic
 from ernjax.errors import InputError
-from ernjax.evaluate import reporting, stats
 
 
 @dataclasses.dataclass
@@ -71,72 +71,3 @@ def read_csv(path) -> Predictions:
         ),
         class_names=classes,
     )
-
-
-def thresholds(eval_config, validation: Predictions | None, positive: int) -> dict[str, float]:
-    """Image and subject cut-offs from validation predictions, per `config.eval`.
-
-    With no validation predictions (or a tuning option off) the defaults apply: 0.5, i.e. argmax
-    for two classes, as Gao 2020 and Ying 2025 used.
-    """
-    if validation is None or not len(validation):
-        return {}
-    return stats.choose_thresholds(
-        validation.probs,
-        validation.label,
-        validation.subject_id,
-        positive=positive,
-        subject_method=eval_config.subject_method,
-        tune_threshold=eval_config.tune_threshold,
-    )
-
-
-def score(eval_config, preds: Predictions, positive: int, cutoffs: dict | None = None) -> dict:
-    """`stats.evaluate_predictions` with the CI methods and subject rule of `config.eval`.
-
-    Args:
-      eval_config: `config.eval`.
-      preds: the predictions to score.
-      positive: index of the positive class.
-      cutoffs: from `thresholds` on validation predictions ({} or None: the defaults).
-
-    Returns:
-      {"image": metrics, "subject": metrics} (see `stats.evaluate_predictions`).
-    """
-    return stats.evaluate_predictions(
-        preds.probs,
-        preds.label,
-        preds.subject_id,
-        positive=positive,
-        class_names=preds.class_names,
-        subject_method=eval_config.subject_method,
-        ci_method=eval_config.ci_method,
-        auc_ci=eval_config.auc_ci,
-        confidence=eval_config.confidence,
-        n_bootstrap=eval_config.n_bootstrap,
-        seed=0,
-        **(cutoffs or {}),
-    )
-
-
-def roc_data(preds: Predictions, positive: int, level: str = "image", subject_method="mean"):
-    """(is_positive [N], score [N]) for `reporting.plot_roc`, per image or per subject."""
-    score = preds.probs[:, positive]
-    if level == "image":
-        return preds.label == positive, score
-    _, s_score, s_label = stats.aggregate_by_subject(
-        score, preds.label, preds.subject_id, subject_method
-    )
-    return s_label == positive, s_score
-
-
-def plot_rocs(named: dict, path_stem, positive: int, positive_name: str, subject_method="mean"):
-    """Image-wise and subject-wise ROC PNGs of several prediction sets (`<stem>_image.png`, ...)."""
-    for level in ("image", "subject"):
-        curves = {n: roc_data(p, positive, level, subject_method) for n, p in named.items()}
-        reporting.plot_roc(
-            curves,
-            f"{path_stem}_{level}.png",
-            f"ROC, {level}-wise",
-            positive_class=positive_name,
-        )

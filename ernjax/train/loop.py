@@ -25,6 +25,7 @@ from ernjax.checkpoints import Checkpointer, Progress, SelectMetric
 from ernjax.data.pipeline import GRAIN, CheckpointableIterator, DataLayout, DataPipeline
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
+from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
 from ernjax.train.logs import StepLog, Writer
 from ernjax.train.steps import Steps, build_training, create_model, device_batch
@@ -45,7 +46,7 @@ class _Run:
     pipeline: DataPipeline
     steps: Steps
     schedule: optax.Schedule
-    positive: int
+    scoring: ScoringPolicy
     select: SelectMetric
     train_iter: CheckpointableIterator
     ckpt: Checkpointer
@@ -80,11 +81,6 @@ def _check_data(config, info: DataLayout) -> None:
             f"config.model.num_classes={config.model.num_classes} but the data has classes "
             f"{info.class_names}"
         )
-    if config.eval.positive_class not in info.class_names:
-        raise ValueError(
-            f"config.eval.positive_class={config.eval.positive_class!r} is not one of "
-            f"{info.class_names}"
-        )
 
 
 def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
@@ -92,6 +88,7 @@ def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
     select = _check_settings(config)  # before the records are built: that can take minutes
     info = pipeline.prepare(config, workdir)
     _check_data(config, info)
+    scoring = ScoringPolicy.from_config(config.eval, info.class_names)  # checks positive_class
     spe = pipeline.steps_per_epoch(info, config.train.batch_size)
     model = create_model(config, info.image_shape)
     if config.model.init_from:
@@ -117,7 +114,7 @@ def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
         pipeline=pipeline,
         steps=steps,
         schedule=schedule,
-        positive=info.class_names.index(config.eval.positive_class),
+        scoring=scoring,
         select=select,
         train_iter=pipeline.train_iterator(config, info, global_batch=config.train.batch_size),
         ckpt=Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints),
@@ -307,7 +304,7 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
         preds.probs,
         preds.label,
         preds.subject_id,
-        positive=run.positive,
+        positive=run.scoring.positive,
         class_names=run.info.class_names,
     )
     results["loss"] = float(out["nll"][keep].mean())
@@ -334,11 +331,8 @@ def _final_evaluation(run: _Run) -> dict:
             preds[split] = _evaluate_split(run, state["model"], split)[1]
             if jax.process_index() == 0:
                 predictions.write_csv(run.workdir / f"predictions_{split}.csv", preds[split])
-    cutoffs = predictions.thresholds(run.config.eval, preds.get("validation"), run.positive)
-    results = {
-        split: predictions.score(run.config.eval, p, run.positive, cutoffs)
-        for split, p in preds.items()
-    }
+    cutoffs = run.scoring.cutoffs(preds.get("validation"))
+    results = {split: run.scoring.score(p, cutoffs) for split, p in preds.items()}
     if jax.process_index() == 0:
         print(f"Results of the checkpoint of step {step}:", flush=True)
         print(reporting.format_table(results), flush=True)
