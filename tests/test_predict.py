@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -133,3 +135,38 @@ def test_predict_refuses_a_mask_from_another_grid(run_2d, tmp_path):
     with pytest.raises(InputError, match=r"subject P1, file .*lesion.nii.gz: the lesion mask has"):
         inference.predict(run, subject, tmp_path / "out")
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def _predict_command(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ernjax.predict", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_command_line_takes_any_modality_of_the_run(run_2d, tmp_path):
+    # --t1 as documented; t1c and t2 through --modality=NAME=FILE, the flag for any name.
+    sid = _test_subject(run_2d)
+    folder = run_2d / "synthetic_cohort" / sid
+    out = tmp_path / "out"
+    proc = _predict_command(
+        f"--workdir={run_2d}",
+        f"--t1={folder / f'{sid}_t1.nii.gz'}",
+        f"--modality=t1c={folder / f'{sid}_t1c.nii.gz'}",
+        f"--modality=t2={folder / f'{sid}_t2.nii.gz'}",
+        f"--mask={folder / f'{sid}_mask.nii.gz'}",
+        f"--subject_id={sid}",
+        f"--out={out}",
+        "--nogradcam",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    rows = [i for i, s in enumerate(test.subject_id) if s == sid]
+    recurrence = [s["recurrence"] for s in report["slices"]]
+    np.testing.assert_allclose(recurrence, test.probs[rows, 1], atol=2e-5)
+    assert f"{sid}: P(necrosis) = " in proc.stdout
+
+    bad = _predict_command(f"--workdir={run_2d}", "--modality=t2")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert bad.stderr.splitlines()[-1] == (
+        "ernjax: subject new_patient: --modality=t2: expected NAME=FILE"
+    )
