@@ -2,11 +2,13 @@
 
 cohort    labels.csv + glob patterns -> Subjects (files found, labels checked)
 geometry  NIfTI in and out, RAS reorientation, resampling, grids (also for preprocess, gradcam)
+spec      SampleSpec: the settings that decide the examples (the records' cache key) and the
+          example schema (keys, TFDS features)
 samples   a Subject -> arrays: fused 2D lesion slices or a 3D volume
 splits    stratified, subject-grouped test/validation split and cross-validation folds
 builder   the TFDS builder (registered as data_builders/ernjax_mri): Subjects -> array_record shards
 records   build once per setting (atomic, cached by a hash), open, index
 prepare   cohort + records + multi-host barrier + fold selection -> DataInfo
-pipeline  Grain: shuffle, augment, batch, shard by process
+pipeline  Grain: shuffle, augment, batch, shard by process; the trainer's data seam (DataPipeline)
 synthetic the embedded phantom cohort, written in the layout of a real one
 """
