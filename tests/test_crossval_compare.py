@@ -62,6 +62,8 @@ def fake_train(monkeypatch):
 def _config(folds=3):
     c = defaults.base_config()
     c.data.split.folds = folds
+    # FakeTrain reads no data: a cohort folder keeps the studies from writing the synthetic one
+    c.data.cohort_dir = "cohort"
     return c
 
 

@@ -1,9 +1,13 @@
 """Several models x several MRI sequence sets, the same splits, one table (Gao 2020 Tables 3-4).
 
 Each (model, channel set) trains with `loop.train_and_evaluate` in W/<model>_<channels> (reruns
-resume; records are shared under W/records). The split depends only on the subjects, labels and
-`config.data.split`, so every run sees the same training, validation and test patients, and the
-test predictions can be compared case by case. Written to W:
+resume; the cohort and the records are shared under W: `runs.shared_data`). The model
+"radiomics" (`radiomics.MODEL_NAME`) is the radiomics baseline on the features of the channel set
+(`runs.Runner`: the features are computed once): `--models=radiomics,ern_b0` tests the network's
+AUC against it. The split depends only on the subjects, labels and `config.data.split`, so every
+run sees the same training, validation and test patients, and the test predictions can be
+compared case by case (the radiomics baseline predicts in the records' order, as a network).
+Written to W:
   - compare.md / compare.csv / compare.json: sensitivity, specificity, accuracy and AUC with CIs,
     image- and subject-wise, on the test split (cut-offs from each run's validation split);
   - delong.md: DeLong tests of each run's test AUC against the first run's (image and subject);
@@ -13,10 +17,12 @@ test predictions can be compared case by case. Written to W:
 
 from pathlib import Path
 
+import numpy as np
+
 from ernjax import atomic
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.train import loop
+from ernjax.studies import runs
 
 
 def parse_channel_sets(text: str) -> list[tuple[str, ...]]:
@@ -36,7 +42,8 @@ def run(config, workdir, models, channel_sets) -> dict:
     Args:
       config: the base config (data, training and evaluation settings shared by all runs).
       workdir: the comparison directory.
-      models: model names (`ernjax.models.model_names()`); empty = `config.model.name`.
+      models: model names (`ernjax.models.model_names()`, or "radiomics" for the radiomics
+        baseline); empty = `config.model.name`.
       channel_sets: tuples of modality names; empty = `config.data.channels`.
 
     Returns:
@@ -58,16 +65,16 @@ def run(config, workdir, models, channel_sets) -> dict:
                 f"{sorted(config.data.modalities)}"
             )
     names, val, test = [], {}, {}
+    shared, runner = runs.shared_data(config, workdir), runs.Runner()
     for model in models:
         for chans in channel_sets:
             name = run_name(model, chans)
-            c = config.copy_and_resolve_references()
+            c = shared.copy_and_resolve_references()
             with c.unlocked():
                 c.model.name = model
                 c.data.channels = tuple(chans)
-                c.data.records_dir = config.data.records_dir or str(workdir / "records")
             out = workdir / name.replace(" ", "_")
-            loop.train_and_evaluate(c, out)
+            runner(c, out)
             names.append(name)
             val[name] = predictions.read_csv(out / "predictions_validation.csv")
             test[name] = predictions.read_csv(out / "predictions_test.csv")
@@ -103,7 +110,8 @@ def delong_table(test: dict, names, scoring: ScoringPolicy) -> str:
     """Markdown: DeLong z and p of each run's test AUC against the first run's, per level.
 
     Raises:
-      ValueError: the runs predicted different test examples (different splits or cohorts).
+      ValueError: the runs predicted different test examples, or gave them different labels
+        (different splits or cohorts): DeLong pairs the runs' scores example by example.
     """
     ref = names[0]
     lines = [
@@ -114,7 +122,8 @@ def delong_table(test: dict, names, scoring: ScoringPolicy) -> str:
         "|---|---|---|---|---|---|",
     ]
     for n in names[1:]:
-        if test[n].subject_id != test[ref].subject_id:
+        same_labels = np.array_equal(test[n].label, test[ref].label)
+        if test[n].subject_id != test[ref].subject_id or not same_labels:
             raise ValueError(f"{n} and {ref} predicted different test examples: not comparable")
         for level in ("image", "subject"):
             ya, sa = scoring.roc_data(test[ref], level)

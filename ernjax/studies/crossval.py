@@ -2,7 +2,9 @@
 
 The records store a fixed test split and k stratified, subject-grouped folds of the other
 subjects (`config.data.split`). Fold k trains on the other folds and validates on fold k, in
-W/fold_k (each fold resumes on its own; all share W/records). Then:
+W/fold_k (each fold resumes on its own; all share W/records and, for the synthetic cohort,
+W/synthetic_cohort: `runs.shared_data`). `config.model.name = "radiomics"` cross-validates the
+radiomics baseline instead, on features computed once for all folds (`runs.Runner`). Then:
   - per fold: validation metrics, and test metrics at cut-offs chosen on that fold's validation;
   - pooled out-of-fold: every non-test subject predicted once, by the model that did not train
     on it;
@@ -25,15 +27,14 @@ from ernjax import atomic
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.train import loop
+from ernjax.studies import runs
 
 
 def fold_config(config, workdir: Path, fold: int):
-    """The config of one fold: `data.fold = fold`, records shared under WORKDIR/records."""
-    c = config.copy_and_resolve_references()
+    """The config of one fold: `data.fold = fold`, the study's data (`runs.shared_data`)."""
+    c = runs.shared_data(config, workdir)
     with c.unlocked():
         c.data.fold = fold
-        c.data.records_dir = config.data.records_dir or str(workdir / "records")
     return c
 
 
@@ -54,11 +55,12 @@ def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
     if k < 2:
         raise ValueError(f"config.data.split.folds={k}: cross-validation needs at least 2 folds")
     todo = list(folds) if folds else list(range(k))
+    if bad := [f for f in todo if not 0 <= f < k]:
+        raise ValueError(f"fold {bad[0]} is not in 0..{k - 1}")
+    runner = runs.Runner()  # the radiomics folds share one feature table
     for fold in todo:
-        if not 0 <= fold < k:
-            raise ValueError(f"fold {fold} is not in 0..{k - 1}")
         logging.info("cross-validation: fold %d of %d", fold, k)
-        loop.train_and_evaluate(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
+        runner(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
     missing = [f for f in range(k) if not (workdir / f"fold_{f}" / "results.json").exists()]
     if missing:
         logging.info("folds %s not trained yet: no pooled summary", missing)
