@@ -376,7 +376,7 @@ class ScoredModel:
       state: the model part of that checkpoint's train state (parameters, BatchNorm statistics,
         RNG state): restored into `model`, or nested dicts of numpy arrays without one.
       step: the checkpoint's step.
-      which: why that step, e.g. "best validation AUC".
+      which: why that step, e.g. "best by config.train.select_metric on validation".
       model: built from `config` by `load_model`'s `build`, with `state` loaded, in eval mode;
         None when no `build` was given.
     """
