@@ -29,6 +29,8 @@ _TITLES = {
     "f1": "F1",
     "auc": "AUC",
 }
+# The counts among `stats.evaluate_predictions`' metrics (whole numbers; floats once flattened).
+_COUNTS = frozenset({"n", "n_positive", "n_negative", "n_subjects", "tp", "fp", "tn", "fn"})
 _CI_NAMES = {
     "wilson": "Wilson",
     "wilson_cc": "Wilson with continuity correction",
@@ -61,6 +63,39 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
             out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in value)
         elif isinstance(value, numbers.Real):
             out[name] = float(value)
+    return out
+
+
+def unflatten(flat: Mapping[str, float | None], prefix: str = "") -> dict:
+    """The nested metrics of `flatten`'s output (e.g. a results.json), for `format_table`.
+
+    "<name>_ci_low" and "<name>_ci_high" become the pair "<name>_ci"; None (NaN written as null)
+    becomes NaN; the counts (n, n_positive, tp, ...) become ints again. The strings `flatten`
+    leaves out (positive_class, the CI methods) stay out.
+
+    Args:
+      flat: {"test.subject.auc": 0.91, "test.subject.auc_ci_low": 0.85, ...}.
+      prefix: keep only the keys under it ("test": {"image": ..., "subject": ...}).
+
+    Returns:
+      {"test": {"subject": {"auc": 0.91, "auc_ci": [0.85, ...], ...}}}, or the part under `prefix`.
+    """
+    lead = f"{prefix}." if prefix else ""
+    out: dict = {}
+    for key, value in flat.items():
+        if not key.startswith(lead) or not isinstance(value, numbers.Real | None):
+            continue
+        *path, leaf = key[len(lead) :].split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        value = math.nan if value is None else float(value)
+        for end, i in (("_ci_low", 0), ("_ci_high", 1)):
+            if leaf.endswith(end):
+                node.setdefault(leaf[: -len(end)] + "_ci", [math.nan, math.nan])[i] = value
+                break
+        else:
+            node[leaf] = int(value) if leaf in _COUNTS and value.is_integer() else value
     return out
 
 
@@ -213,6 +248,62 @@ def _footnote(rows, positives) -> str:
         f"\nPositive class: {', '.join(positives)}. {level:.0%} CIs: {proportion} for proportions,"
         f" {auc} for AUC. n/a: undefined (e.g. one class only).\n"
     )
+
+
+def metric_label(key: str) -> str:
+    """A flat results key as a table row names it: "test.subject.auc" -> "test subject AUC"."""
+    *where, metric = key.split(".")
+    title = _TITLES.get(metric, metric)
+    return " ".join([*where, title if title.isupper() else title.lower()])
+
+
+def format_spread(
+    spread: Mapping[str, Mapping[str, float]],
+    runs: Mapping[str, Mapping[str, float | None]] | None = None,
+    *,
+    fmt: str = "text",
+    digits: int = 3,
+) -> str:
+    """Mean, SD and range of metrics across runs, each run's value beside them.
+
+    Args:
+      spread: flat results key ("test.subject.auc") -> {"mean", "sd", "min", "max", "n"}, e.g.
+        `ernjax.studies.repeat.spread` over training seeds.
+      runs: column name ("seed 0", "radiomics") -> that run's flat results; its value of each
+        key is shown (None or missing: n/a).
+      fmt: "text", "markdown" or "csv" (full precision, one number a cell, "n" the run count).
+      digits: decimals of text and Markdown.
+
+    Returns:
+      One row per key, in `spread`'s order: metric, mean, SD, min-max (CSV: min, max, n), runs.
+    """
+    runs = runs or {}
+
+    def value(flat, key):
+        v = flat.get(key)
+        return math.nan if v is None else float(v)
+
+    if fmt == "csv":
+        header = ["metric", "mean", "sd", "min", "max", "n", *runs]
+        body = [
+            [key]
+            + [_csv_number(s[c]) for c in ("mean", "sd", "min", "max", "n")]
+            + [_csv_number(value(r, key)) for r in runs.values()]
+            for key, s in spread.items()
+        ]
+        return _render(header, body, fmt)
+    header = ["", "mean", "SD", "min-max", *runs]
+    body = [
+        [
+            metric_label(key),
+            _number(s["mean"], digits),
+            _number(s["sd"], digits),
+            f"{_number(s['min'], digits)}-{_number(s['max'], digits)}",
+            *(_number(value(r, key), digits) for r in runs.values()),
+        ]
+        for key, s in spread.items()
+    ]
+    return _render(header, body, fmt)
 
 
 def format_ttests(tests: Mapping[str, Mapping], *, fmt: str = "text", digits: int = 3) -> str:

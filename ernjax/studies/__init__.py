@@ -2,4 +2,7 @@
 
 crossval  k-fold cross-validation by patient: per-fold, pooled out-of-fold and fold-ensemble metrics
 compare   several models x MRI sequence sets on one split: one table, DeLong and t tests, ROC curves
+repeat    one run over several training seeds: mean, SD and range of its metrics, each seed's CIs
+runs      what every study's run shares: one cohort and records, networks or the radiomics
+          baseline (model "radiomics"), finished runs not redone
 """
