@@ -11,12 +11,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
 
 from ernjax.data import records as records_lib
 from ernjax.data import splits, synthetic
 
 SPLITS = ("train", "validation", "test")
+# How long the other processes wait for process 0 to write the cohort and build the records
+# (preprocessing included): a day. If process 0 fails instead, jax.distributed's shutdown timeout
+# fails the barrier, and ends both processes, within about 10 minutes.
+_RECORDS_TIMEOUT_S = 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +78,7 @@ def prepare(config, workdir) -> DataInfo:
     if jax.process_count() > 1:
         # Process 0 writes the cohort and the records; the others then find them on a shared
         # file system (or, without one, build their own copy after the barrier).
-        multihost_utils.sync_global_devices("ernjax: records built")
+        wait_for_all_processes("ernjax: records built", _RECORDS_TIMEOUT_S)
     if jax.process_index() != 0:
         cohort = cohort_dir(config, workdir)
         recs = records_lib.build(config.data, cohort, records_dir)
@@ -100,6 +104,19 @@ def prepare(config, workdir) -> DataInfo:
         dict(zip(info.class_names, info.train_class_counts, strict=True)),
     )
     return info
+
+
+def wait_for_all_processes(name: str, timeout_s: int) -> None:
+    """A barrier of the job's coordination service, for work that one process does alone.
+
+    Not a collective (`multihost_utils.sync_global_devices`): XLA's CPU collectives give up on
+    a peer after 30 min, and process 0 preprocessing a real cohort can take longer.
+
+    Args:
+      name: the barrier's name, the same in every process and unique in the run.
+      timeout_s: how long a process waits for the others.
+    """
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def _skip_entry(skip: dict, cohort: Path) -> dict:
