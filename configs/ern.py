@@ -1,6 +1,7 @@
 """ERN-Net on fused 2D lesion slices, the protocol of Gao et al. 2020 (JMIR Med Inform 8:e19805).
 
 `--config=configs/ern.py` is the default job; `--config=configs/ern.py:tiny` runs in seconds.
+`--config.data.roi=mask` (or `centre`) gives lesion-centred inputs (ernjax/defaults.py).
 """
 
 from ernjax.defaults import base_config

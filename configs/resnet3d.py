@@ -1,6 +1,8 @@
 """3D ResNet-10 on multimodal volumes, the protocol of Ying et al. 2025 (Front Oncol 15:1573700).
 
 `--config=configs/resnet3d.py` is sized for a CPU; `--config=configs/resnet3d.py:tiny` for tests.
+`--config.data.roi=mask --config.data.mask_pattern='*_mask.nii.gz'` gives lesion-centred
+inputs (ernjax/defaults.py); this protocol reads no mask by default.
 """
 
 from ernjax.defaults import base_config

@@ -31,6 +31,22 @@ def base_config() -> ml_collections.ConfigDict:
     d.shape = (96, 96)  # output shape: (H, W) for slices2d, (D, H, W) for volumes3d
     d.normalize = "minmax"  # "minmax" to [0, 1] or "zscore", inside the non-zero (brain) region
     d.on_error = "raise"  # "raise" or "skip" (skips are logged and recorded in the metadata)
+    # Lesion-centred inputs (issue 16 item 2; Shin 2021 drew rectangular ROIs, Gao 2020 marked
+    # lesion slices). "brain": the whole brain's bounding box, resized to `shape` (as before);
+    # "mask": a box of `roi_size_mm` centred on the centre of the lesion mask's bounding box;
+    # "centre": the same box centred on a per-subject point in labels.csv (`centre_column`).
+    # One fixed physical box, not "bounding box + margin resized to shape": the voxel size is
+    # then roi_size_mm / shape for every subject (e.g. 64 mm / 32 = 2 mm), so lesions keep their
+    # true size relative to each other instead of every lesion being stretched to fill the input,
+    # and a reader's click (no mask, no extent) gives the same input as a mask. The margin in mm
+    # is the box's: choose roi_size_mm to hold the largest lesion plus the context wanted.
+    # slices2d: the box's x, y extent is sampled at (H, W) = shape; the axial slices stay the
+    # acquired ones, and only lesion slices within the box's z extent are kept. volumes3d: the
+    # box is sampled at (D, H, W) = shape. Parts of the box outside the scan are zeros.
+    d.roi = "brain"
+    d.roi_size_mm = (64.0, 64.0, 64.0)  # (x, y, z) mm of the ROI box (roi "mask" or "centre")
+    d.centre_column = ""  # labels.csv column with the lesion centre "x;y;z", world mm (RAS+)
+    d.mask_channel = False  # True: the lesion mask (0/1) is appended as the last channel, "mask"
     # Raw scans -> preprocessed cohort (ernjax.preprocess; `python -m ernjax.preprocess`).
     d.preprocess = ml_collections.ConfigDict(
         dict(

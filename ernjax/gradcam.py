@@ -320,8 +320,10 @@ def save_cam_nifti(cam, affine, path, *, reference=None) -> geo.Image:
     Args:
       cam: [D, H, W] map (a `gradcam` output of a volume, without the batch axis).
       affine: 4x4 (d, h, w) -> RAS+ mm of the input volume (`SubjectVolume.affine`, or the
-        "affine" of a `volume_example`). For slices2d, stack the slice maps into the subject's
-        [D, H, W] (zeros elsewhere) and use its `load_subject(...).affine`.
+        "affine" of a `volume_example`; for a lesion-centred input, `data.roi`, the box's
+        affine, so the map lands where the box lies in the scan, zero outside it). For
+        slices2d, stack the slice maps into the subject's [D, H, W] (zeros elsewhere) and use
+        its `load_subject(...).affine`.
       path: the .nii or .nii.gz file; parent folders are created.
       reference: None, a NIfTI file, a `geometry.Image`, or a (shape, affine) pair.
 

@@ -4,10 +4,13 @@ The run's own config (saved with its checkpoints) decides everything: which moda
 needed, the preprocessing steps (`config.data.preprocess.steps`, when the training cohort was
 made by `python -m ernjax.preprocess`), the grid, normalization and slices (the same
 `ernjax.data.samples` code that built the records), the model and checkpoint
-(`checkpoints.load_model`), and the operating cut-offs, chosen on the run's validation
-predictions by its scoring policy (`ernjax.evaluate.scoring`). `predict` writes report.json,
-Grad-CAM PNGs, and for 3D models gradcam.nii.gz in the reference scan's space. The report names
-the subject by its ID only; file paths stay out of it. The command line is `ernjax.predict`.
+(`checkpoints.load_model`), the lesion-centred box of an ROI run (`data.roi`: the patient's
+mask or lesion centre is then needed; Grad-CAM maps come out over the box, and the 3D NIfTI map
+is carried back onto the scan's grid by the box's affine, zero outside the box), and the
+operating cut-offs, chosen on the run's validation predictions by its scoring policy
+(`ernjax.evaluate.scoring`). `predict` writes report.json, Grad-CAM PNGs, and for 3D models
+gradcam.nii.gz in the reference scan's space. The report names the subject by its ID only; file
+paths stay out of it. The command line is `ernjax.predict`.
 
     run = load_run(workdir)
     subject = make_subject(run, "P001", {"t1": ..., "t1c": ..., "t2": ...}, mask=...)
@@ -27,6 +30,7 @@ from flax import nnx
 
 from ernjax import atomic, checkpoints, gradcam
 from ernjax.data import cohort, samples
+from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions
 from ernjax.evaluate.scoring import ScoringPolicy
@@ -70,9 +74,8 @@ class TrainedRun:
 
 
 def configured_model(config) -> nnx.Module:
-    """A fresh model of a run's config, for examples of its grid and channels."""
-    d = config.data
-    return train_steps.create_model(config, (*d.shape, len(d.channels)))
+    """A fresh model of a run's config, for examples of its grid and channels (mask one too)."""
+    return train_steps.create_model(config, SampleSpec.from_config(config.data).image_shape)
 
 
 def load_run(workdir) -> TrainedRun:
@@ -92,7 +95,9 @@ def load_run(workdir) -> TrainedRun:
     return TrainedRun(config, scored.model, scored.step, scoring, cutoffs)
 
 
-def make_subject(run: TrainedRun, subject_id: str, files: dict, mask=None, subject_dir=None):
+def make_subject(
+    run: TrainedRun, subject_id: str, files: dict, mask=None, subject_dir=None, centre=None
+):
     """The new patient as a `cohort.Subject`, checked against what the model was trained on.
 
     Args:
@@ -100,11 +105,15 @@ def make_subject(run: TrainedRun, subject_id: str, files: dict, mask=None, subje
       subject_id: the ID used in the report.
       files: modality -> NIfTI path (ignored when `subject_dir` is given); modalities the model
         does not need are left out, with a warning.
-      mask: optional lesion mask (lesion slices of a 2D model; else every brain slice).
+      mask: optional lesion mask (lesion slices of a 2D model; else every brain slice); needed
+        by a run with `data.roi="mask"` or `data.mask_channel`.
       subject_dir: a subject folder read with the run's `config.data.modalities` patterns.
+      centre: the lesion centre (x, y, z) in world mm, RAS+ (in the space of the scans the run
+        reads, after its preprocessing); needed by a run with `data.roi="centre"`.
 
     Raises:
-      InputError: a modality the model needs is missing, or a file does not exist.
+      InputError: a modality the model needs is missing, a file does not exist, or the run's
+        ROI needs a mask or a centre that is not given.
     """
     d, needed = run.config.data, run.modalities
     if subject_dir:
@@ -127,7 +136,29 @@ def make_subject(run: TrainedRun, subject_id: str, files: dict, mask=None, subje
         if not p.is_file():
             raise InputError(subject_id, p, f"the {m} file does not exist")
     mask = Path(mask) if mask else None
-    return cohort.Subject(subject_id, None, "", {m: files[m] for m in needed}, mask)
+    _check_roi_inputs(run, subject_id, mask, centre)
+    centre = None if centre is None else tuple(float(v) for v in centre)
+    return cohort.Subject(subject_id, None, "", {m: files[m] for m in needed}, mask, centre=centre)
+
+
+def _check_roi_inputs(run: TrainedRun, subject_id: str, mask, centre) -> None:
+    """A run trained on lesion-centred inputs needs the patient's mask or lesion centre."""
+    d = run.config.data
+    roi, mask_channel = d.get("roi", "brain"), d.get("mask_channel", False)
+    if (roi == "mask" or mask_channel) and mask is None:
+        why = (
+            "centred on the lesion mask (data.roi='mask')"
+            if roi == "mask"
+            else "with the lesion mask as a channel (data.mask_channel)"
+        )
+        raise InputError(subject_id, "", f"the model was trained on inputs {why}: pass --mask=FILE")
+    if roi == "centre" and centre is None:
+        raise InputError(
+            subject_id,
+            "",
+            "the model was trained on inputs centred on a lesion centre (data.roi='centre'): "
+            "pass --centre=x,y,z (world mm, RAS+, as a viewer shows it)",
+        )
 
 
 # The modalities with a flag of their own (`--t1=FILE`); any other is `--modality=NAME=FILE`.
@@ -173,7 +204,7 @@ def examples(run: TrainedRun, subject) -> tuple[np.ndarray, list[int], dict]:
     if d.kind == "volumes3d":
         ex = samples.volume_example(subject, d)
         return ex["image"][None].astype(np.float32), [], ex
-    if subject.mask is None and d.mask_pattern:
+    if subject.mask is None and d.mask_pattern and d.get("roi", "brain") == "brain":
         logging.warning(
             "%s: no lesion mask given; every brain slice is classified (training used the "
             "mask's lesion slices)",
@@ -231,6 +262,8 @@ def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[in
         "decision": decided["decision"],
         "n_images": len(probs),
     }
+    if (roi := run.config.data.get("roi", "brain")) != "brain":
+        report["roi"] = {"centred_on": roi, "size_mm": list(run.config.data.roi_size_mm)}
     if slices:
         report["slices"] = [
             {"slice": int(k), **{n: float(v) for n, v in zip(names, p, strict=True)}}

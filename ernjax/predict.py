@@ -2,13 +2,15 @@
 
     python -m ernjax.predict --workdir=W --t1=t1.nii.gz --t1c=t1c.nii.gz --t2=t2.nii.gz \
         [--flair=...] [--modality=adc=adc.nii.gz ...] [--mask=lesion.nii.gz] \
-        [--subject_id=P001] [--out=DIR]
+        [--centre=x,y,z] [--subject_id=P001] [--out=DIR]
     python -m ernjax.predict --workdir=W --subject_dir=cohort/P001     (the run's file patterns)
 
 The modalities are the run's own (`config.data.channels` and `reference`): `--t1`, `--t1c`,
 `--t2` and `--flair` pass those four, `--modality=NAME=FILE` (repeated) any name the run's
 `config.data.modalities` has. Written to OUT (default W/predictions/<subject_id>): report.json,
 Grad-CAM PNGs, and for 3D models gradcam.nii.gz (see `ernjax.inference`, which does the work).
+A run trained on lesion-centred inputs (`config.data.roi`) needs `--mask` ("mask") or
+`--centre` ("centre": the lesion centre in world mm, RAS+, as a viewer shows it).
 """
 
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from absl import app, flags
 
 from ernjax import inference
+from ernjax.data import cohort
 from ernjax.errors import InputError, one_line_errors
 
 FLAGS = flags.FLAGS
@@ -30,6 +33,9 @@ def define_flags() -> None:
         "modality", [], "NAME=FILE: the patient's NIfTI of any modality the run was trained on."
     )
     flags.DEFINE_string("mask", None, "Lesion mask NIfTI (2D models: which slices to classify).")
+    flags.DEFINE_string(
+        "centre", None, "x,y,z: the lesion centre in world mm, RAS+ (runs with data.roi=centre)."
+    )
     flags.DEFINE_string("subject_dir", None, "A subject folder, read with the run's patterns.")
     flags.DEFINE_string("subject_id", None, "ID in the report (default: the folder name).")
     flags.DEFINE_string("out", None, "Output folder (default WORKDIR/predictions/<subject_id>).")
@@ -61,8 +67,9 @@ def main(argv):
     f = FLAGS
     sid = f.subject_id or (Path(f.subject_dir).name if f.subject_dir else "new_patient")
     files = modality_files(sid)
+    centre = cohort.parse_centre(f.centre, sid, "--centre") if f.centre else None
     run = inference.load_run(f.workdir)
-    subject = inference.make_subject(run, sid, files, f.mask, f.subject_dir)
+    subject = inference.make_subject(run, sid, files, f.mask, f.subject_dir, centre)
     out = f.out or str(Path(f.workdir) / "predictions" / sid)
     report = inference.predict(run, subject, out, cam=f.gradcam)
     probs = ", ".join(f"P({k}) = {v:.3f}" for k, v in report["probabilities"].items())

@@ -6,6 +6,7 @@ either in the spec or named, with its reason, as not changing the examples.
 """
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,8 @@ def changed(name: str, value):
     """Another valid value of a spec field: every leaf type the spec uses, and nothing else."""
     if name == "kind":
         return next(k for k in spec.KINDS if k != value)
+    if name == "roi":
+        return next(r for r in spec.ROIS if r != value)
     if isinstance(value, bool):  # before int: a bool is an int
         return not value
     if isinstance(value, str):
@@ -61,10 +64,11 @@ def base(request) -> SampleSpec:
 def test_every_field_changes_the_dataset_name(base):
     name = records.dataset_name(base, DUMMY)
     cases = variants(base)
-    leaves = [f.name for f in dataclasses.fields(SampleSpec) if f.name != "split"]
-    assert [p for p, _ in cases] == leaves + [
-        f"split.{f.name}" for f in dataclasses.fields(SplitSpec)
-    ]
+    leaves = []
+    for f in dataclasses.fields(SampleSpec):
+        inner = [f"split.{g.name}" for g in dataclasses.fields(SplitSpec)]
+        leaves += inner if f.name == "split" else [f.name]
+    assert [p for p, _ in cases] == leaves
     for path, other in cases:
         assert other != base, path
         assert records.dataset_name(other, DUMMY) != name, f"changing {path} kept the records' name"
@@ -97,6 +101,18 @@ def test_settings_outside_the_spec_keep_the_name():
     d.augment.enabled, d.fold, d.build_workers, d.worker_count = False, 1, 3, 2
     d.records_dir, d.synthetic.seed, d.preprocess.n4_shrink = "/elsewhere", 7, 2
     assert records.dataset_name(SampleSpec.from_config(d), DUMMY) == name
+
+
+def test_default_roi_settings_keep_the_records_name(base):
+    # the name of records built before the ROI settings existed: the hash of to_dict() then
+    before = {k: v for k, v in base.to_dict().items() if k not in spec.ROI_DEFAULTS}
+    assert base.hashed() == before
+    key = {**before, "cohort_dir": str(DUMMY.resolve())}
+    key["fingerprint"] = records.cohort_fingerprint(DUMMY.resolve())
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    assert records.dataset_name(base, DUMMY) == f"{base.kind}-{digest}"
+    # and settings stored without them read back as the defaults
+    assert SampleSpec.from_config(before) == base
 
 
 def test_to_dict_is_plain_json_and_normalizes_types():

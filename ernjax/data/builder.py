@@ -123,6 +123,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             dict(spec.modalities),
             mask_pattern=spec.mask_pattern,
             slices_column=spec.slices_column,
+            centre_column=spec.centre_column,
             classes=spec.classes,
             on_error=spec.on_error,
         )

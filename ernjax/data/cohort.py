@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ class Subject:
       mask: the lesion mask file, or None.
       slices: lesion slice indices (stored third-axis index of the reference file), or None.
       metadata: the other labels.csv columns.
+      centre: the lesion centre (x, y, z) in world mm, RAS+ (`data.centre_column`), or None.
     """
 
     subject_id: str
@@ -44,6 +46,7 @@ class Subject:
     mask: Path | None = None
     slices: tuple[int, ...] | None = None
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    centre: tuple[float, float, float] | None = None
 
 
 @dataclasses.dataclass
@@ -112,6 +115,36 @@ def parse_slices(text: str, subject: str, path) -> tuple[int, ...] | None:
     return tuple(sorted({int(t) for t in parts}))
 
 
+def parse_centre(text: str, subject: str, path) -> tuple[float, float, float] | None:
+    """Parses a lesion centre "x;y;z" (semicolons, commas or spaces), world mm RAS+.
+
+    Args:
+      text: the labels.csv cell (or a `--centre` value).
+      subject: the subject ID, for the error message.
+      path: where the text comes from, for the error message.
+
+    Returns:
+      (x, y, z) in mm, or None for an empty cell.
+
+    Raises:
+      InputError: not three finite numbers.
+    """
+    parts = [t for t in re.split(r"[;,\s]+", text.strip()) if t]
+    if not parts:
+        return None
+    try:
+        xyz = tuple(float(t) for t in parts)
+    except ValueError:
+        xyz = ()
+    if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
+        raise InputError(
+            subject,
+            path,
+            f"lesion centre {text!r} is not like '12.5;-30;41' (x;y;z in world mm, RAS+)",
+        )
+    return xyz
+
+
 def read_labels(path: Path) -> list[dict[str, str]]:
     """Reads labels.csv into rows of stripped strings (a UTF-8 BOM from Excel is fine).
 
@@ -163,6 +196,7 @@ def find_subjects(
     *,
     mask_pattern: str = "",
     slices_column: str = "",
+    centre_column: str = "",
     classes: Sequence[str] | None = None,
     on_error: str = "raise",
     labels_required: bool = True,
@@ -174,6 +208,7 @@ def find_subjects(
       modalities: modality name -> glob relative to the subject folder (exactly one match).
       mask_pattern: glob of the lesion mask ("" for none).
       slices_column: labels.csv column with lesion slice indices ("" for none).
+      centre_column: labels.csv column with lesion centres "x;y;z" in world mm ("" for none).
       classes: allowed label values, in class-index order (None: the values found, sorted).
       on_error: "raise", or "skip" to log and record bad subjects in `Cohort.skipped`.
       labels_required: True: every subject needs a label in `classes` and labels.csv must exist.
@@ -209,11 +244,13 @@ def find_subjects(
         rows = [{"subject_id": name, "label": ""} for name in folders]
     if slices_column and rows and slices_column not in rows[0]:
         raise InputError("", labels_csv, f"no column {slices_column!r} (lesion slice lists)")
+    if centre_column and rows and centre_column not in rows[0]:
+        raise InputError("", labels_csv, f"no column {centre_column!r} (lesion centres x;y;z mm)")
     if classes:
         names = [str(c) for c in classes]
     else:
         names = sorted({r["label"] for r in rows} - set(MISSING_LABELS))
-    patterns = (modalities, mask_pattern, slices_column)
+    patterns = (modalities, mask_pattern, slices_column, centre_column)
     subjects, skipped = [], []
 
     def fail(err: InputError):
@@ -252,7 +289,7 @@ def _label(row, names, labels_csv, labels_required) -> tuple[int | None, str]:
 
 def _subject(sid, own, folders, labels_csv, patterns, names, labels_required) -> Subject:
     """Validates one subject's labels.csv row and folder into a Subject."""
-    modalities, mask_pattern, slices_column = patterns
+    modalities, mask_pattern, slices_column, centre_column = patterns
     if len(own) > 1:
         raise InputError(sid, labels_csv, f"subject listed {len(own)} times in labels.csv")
     if not own:
@@ -272,5 +309,7 @@ def _subject(sid, own, folders, labels_csv, patterns, names, labels_required) ->
     files = {m: match_one(folder, pat, sid, m) for m, pat in modalities.items()}
     mask = match_one(folder, mask_pattern, sid, "lesion mask") if mask_pattern else None
     slices = parse_slices(row[slices_column], sid, labels_csv) if slices_column else None
-    meta = {k: v for k, v in row.items() if k not in ("subject_id", "label", slices_column)}
-    return Subject(sid, label, label_name, files, mask, slices, meta)
+    centre = parse_centre(row[centre_column], sid, labels_csv) if centre_column else None
+    own_columns = ("subject_id", "label", slices_column, centre_column)
+    meta = {k: v for k, v in row.items() if k not in own_columns}
+    return Subject(sid, label, label_name, files, mask, slices, meta, centre)

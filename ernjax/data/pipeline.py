@@ -53,11 +53,16 @@ class Augment(grain.RandomMapTransform):
 
     The same code serves 2D (H, W, C) and 3D (D, H, W, C) examples: the geometric part acts on
     the last two spatial axes (the axial plane), applied to every channel with linear
-    interpolation; background (zero) voxels stay zero under the intensity jitter.
+    interpolation; background (zero) voxels stay zero under the intensity jitter. With
+    `mask_channel` the last channel is the lesion mask (`config.data.mask_channel`): it moves
+    with the image but keeps its 0/1 values (no intensity jitter).
     """
 
-    def __init__(self, flip: bool, rotate_deg: float, scale: float, intensity: float):
+    def __init__(
+        self, flip: bool, rotate_deg: float, scale: float, intensity: float, mask_channel=False
+    ):
         self.flip, self.rotate_deg, self.scale, self.intensity = flip, rotate_deg, scale, intensity
+        self.mask_channel = bool(mask_channel)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         """Returns the element with an augmented image."""
@@ -74,6 +79,8 @@ class Augment(grain.RandomMapTransform):
             c = img.shape[-1]
             gain = 1 + rng.uniform(-self.intensity, self.intensity, size=c)
             shift = rng.uniform(-self.intensity, self.intensity, size=c) / 2
+            if self.mask_channel:
+                gain[-1], shift[-1] = 1.0, 0.0
             img = np.where(img != 0, img * gain + shift, 0.0)
         return {**element, "image": np.ascontiguousarray(img, np.float32)}
 
@@ -121,7 +128,8 @@ def train_iterator(config, info: DataInfo, *, global_batch: int) -> grain.PyGrai
             f"global batch {global_batch}: lower config.train.batch_size"
         )
     a = config.data.augment
-    ops = [Augment(a.flip, a.rotate_deg, a.scale, a.intensity)] if a.enabled else []
+    mask_channel = config.data.get("mask_channel", False)
+    ops = [Augment(a.flip, a.rotate_deg, a.scale, a.intensity, mask_channel)] if a.enabled else []
     loader = grain.DataLoader(
         data_source=source,
         sampler=grain.IndexSampler(

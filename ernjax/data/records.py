@@ -71,7 +71,8 @@ def dataset_name(spec: SampleSpec, cohort_dir) -> str:
     """The records' name: `<kind>-<hash>`.
 
     Args:
-      spec: the SampleSpec, hashed whole (`to_dict`), so no setting can be left out.
+      spec: the SampleSpec, hashed whole (`hashed`: the ROI fields only when not at their
+        defaults), so no setting can be left out.
       cohort_dir: the cohort folder; its resolved path and `cohort_fingerprint` are hashed too.
 
     Returns:
@@ -80,7 +81,7 @@ def dataset_name(spec: SampleSpec, cohort_dir) -> str:
     cohort_dir = Path(cohort_dir).resolve()
     # One flat dict, laid out as the settings were hashed before the spec existed, so that
     # records built then keep their name.
-    key = {**spec.to_dict(), "cohort_dir": str(cohort_dir)}
+    key = {**spec.hashed(), "cohort_dir": str(cohort_dir)}
     key["fingerprint"] = cohort_fingerprint(cohort_dir)
     if spec.on_error == "skip":
         # Records from before subjects were loaded ahead of the split could hold a split that a
@@ -237,7 +238,7 @@ def _write_index(path: Path, info, spec: SampleSpec) -> None:
         "kind": spec.kind,
         "class_names": list(spec.classes),
         "image_shape": list(spec.image_shape),
-        "channels": list(spec.channels),
+        "channels": list(spec.channel_names),
         "assignment": info.metadata["assignment"],
         "skipped": info.metadata["skipped"],
     }

@@ -13,14 +13,24 @@ Geometry before sampling (issue "data"), in this order:
    affine within 1e-3 mm) it is taken voxel for voxel, with that image's affine but another
    shape it is refused, on another grid it is resampled from its own affine, the overlap logged;
 4. crop to the bounding box of the reference's non-zero region (the brain in a skull-stripped
-   scan) plus `MARGIN` voxels; slices2d keeps every axial slice;
+   scan) plus `MARGIN` voxels; slices2d keeps every axial slice. With `data.roi` "mask" or
+   "centre" the whole grid is kept here instead, and step 5b cuts the lesion's box;
 5. normalize each channel inside that region (`data.normalize`: min-max to [0, 1] as Ying 2025,
    or z-score);
+5b. lesion-centred inputs (`data.roi`, issue 16 item 2): a box of `data.roi_size_mm` (x, y, z mm)
+   centred on the lesion mask's bounding-box centre or on the labels.csv centre, with the grid's
+   axis directions, sampled at `data.shape` (linear; the mask nearest neighbour), so the voxel
+   size is roi_size_mm / shape for every subject. slices2d: in-plane only, every axial slice
+   kept, the lesion slices limited to those within the box's z extent. Intensities are those
+   normalized over the whole brain (step 5), whatever the box holds; the part of the box outside
+   the scan is zeros (the box is not shifted, so the lesion stays at its centre). With
+   `data.mask_channel` the lesion mask is appended as the last channel, "mask";
 6. lay out as (D, H, W): D = z (inferior -> superior), H = y flipped (anterior at the top),
    W = x flipped (patient right on the left), so `image[d]` displays as radiologists read an
    axial slice;
 7. resize with `geometry.fit_to_shape` (pad to the aspect ratio, then zoom) to `data.shape`:
-   (H, W) for slices2d, keeping every slice; (D, H, W) for volumes3d.
+   (H, W) for slices2d, keeping every slice; (D, H, W) for volumes3d (an ROI is at that shape
+   already: the resize is the identity).
 The 4x4 `affine` maps the final (d, h, w) index to RAS+ millimetres exactly, so Grad-CAM maps can
 be written back as NIfTI over the original scan. Lesion slices come from the labels.csv slice
 list (stored slice numbers of the reference file, mapped through reorientation and cropping),
@@ -28,6 +38,7 @@ else from the slices the lesion mask touches, else from the slices holding brain
 """
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -149,7 +160,9 @@ def load_subject(subject, spec) -> SubjectVolume:
     Raises:
       InputError: unreadable or invalid images, fields of view that cannot be aligned, a lesion
         mask with an image's affine but another shape or outside the reference's field of
-        view, an empty lesion mask where the mask is the source of the lesion slices.
+        view, an empty lesion mask where the mask is the source of the lesion slices or of the
+        ROI's centre; for an ROI: no mask or no centre, a centre outside the reference's field
+        of view, no lesion slice inside the box (slices2d).
       ValueError: a configuration that does not fit (unknown channel, wrong shape length).
     """
     spec = SampleSpec.from_config(spec)
@@ -169,18 +182,240 @@ def load_on_grid(subject, spec) -> SubjectVolume:
     """
     spec = SampleSpec.from_config(spec)
     imgs, mask, slices = _onto_grid(subject, spec)
+    _check_needs_mask(subject, spec)
     ref = imgs[spec.reference]
-    box = geo.bounding_box(ref.data != 0, margin=MARGIN)
-    if spec.kind == "slices2d":
-        box = (box[0], box[1], slice(0, ref.data.shape[2]))
+    box = _brain_box(ref.data != 0, spec)
     lo = [b.start for b in box]
     brain = ref.data[box] != 0
+    # normalized over the whole brain, also for an ROI: its statistics then do not depend on
+    # where the box falls (a box around a bright lesion would otherwise dim the rest)
     chans = [geo.normalize(imgs[m].data[box], brain, spec.normalize) for m in spec.channels]
-    image, brain = _to_dhw(np.stack(chans, -1)), _to_dhw(brain)
-    lesion = None if mask is None else _to_dhw(mask.data[box] > 0.5)
-    found = _lesion_slices(subject, slices, lesion, brain, lo[2])
-    affine = ref.affine @ _dhw_index(lo, brain.shape[::-1])
+    image, lesion = np.stack(chans, -1), None if mask is None else mask.data[box] > 0.5
+    grid_affine = ref.affine @ _box_index(lo)
+    # the ROI's centre first: an empty mask is then reported as the centre's problem
+    centre = None if spec.roi == "brain" else roi_centre(subject, spec, lesion, grid_affine)
+    found = _lesion_slices(
+        subject, slices, None if lesion is None else _to_dhw(lesion), _to_dhw(brain), lo[2]
+    )
+    if spec.roi != "brain":
+        image, brain, lesion, grid_affine, zrange = _crop_roi(
+            subject, spec, centre, (image, brain, lesion), grid_affine
+        )
+        if spec.kind == "slices2d":  # the ROI keeps every slice: the same slice numbers
+            found = _in_box(subject, spec, found, zrange, slices)
+        else:  # the ROI's slices with lesion, else with brain (no check: the volume is one)
+            touched = (lesion if lesion is not None and lesion.any() else brain).any(axis=(0, 1))
+            found = np.nonzero(touched)[0]
+    if spec.mask_channel:
+        image = np.concatenate([image, lesion[..., None].astype(np.float32)], -1)
+    image, brain = _to_dhw(image), _to_dhw(brain)
+    lesion = None if lesion is None else _to_dhw(lesion)
+    affine = grid_affine @ _dhw_index((0, 0, 0), brain.shape[::-1])
     return SubjectVolume(image, lesion, brain, affine, tuple(int(k) for k in found))
+
+
+def _brain_box(nonzero: np.ndarray, spec: SampleSpec) -> tuple[slice, ...]:
+    """The part of the grid kept before resizing or cutting the ROI (x, y, z slices).
+
+    roi "brain": the bounding box of the brain plus MARGIN voxels, every slice for slices2d.
+    An ROI: the whole grid (its box may reach past the brain, even past the scan).
+    """
+    if spec.roi != "brain":
+        return tuple(slice(0, n) for n in nonzero.shape)
+    box = geo.bounding_box(nonzero, margin=MARGIN)
+    if spec.kind == "slices2d":
+        box = (box[0], box[1], slice(0, nonzero.shape[2]))
+    return box
+
+
+def _in_box(subject, spec, found, zrange, slices) -> np.ndarray:
+    """The lesion slices within the ROI box's z extent (slices2d: the box's own slices).
+
+    Raises:
+      InputError: none is (a slice list or mask far from the given centre).
+    """
+    kept = found[(found >= zrange[0]) & (found <= zrange[1])]
+    if not kept.size:
+        if slices is not None:
+            source, path = "the labels.csv slice list", _labels_csv(subject, "labels.csv")
+        elif subject.mask is not None:
+            source, path = "the lesion mask", subject.mask
+        else:
+            source, path = "the slices with brain", subject.files[spec.reference]
+        raise InputError(
+            subject.subject_id,
+            path,
+            f"none of the lesion slices of {source} lies inside the ROI box (axial slices "
+            f"{zrange[0]}..{zrange[1]}, data.roi_size_mm {list(spec.roi_size_mm)} around the "
+            "lesion centre); check the centre, or enlarge the box",
+        )
+    return kept
+
+
+def _box_index(lo) -> np.ndarray:
+    """4x4 index in a box starting at voxel `lo` -> index on the whole grid."""
+    m = np.eye(4)
+    m[:3, 3] = lo
+    return m
+
+
+def _check_needs_mask(subject, spec: SampleSpec) -> None:
+    """`data.roi="mask"` and `data.mask_channel` need the subject's lesion mask."""
+    needs = [
+        w
+        for w, on in (
+            ("data.roi='mask'", spec.roi == "mask"),
+            ("data.mask_channel", spec.mask_channel),
+        )
+        if on
+    ]
+    if needs and subject.mask is None:
+        verb = "need" if len(needs) > 1 else "needs"
+        raise InputError(
+            subject.subject_id,
+            next(iter(subject.files.values())).parent,
+            f"{' and '.join(needs)} {verb} a lesion mask, and this subject has none (set "
+            "data.mask_pattern; for predict, pass --mask)",
+        )
+
+
+def roi_centre(subject, spec: SampleSpec, lesion, affine: np.ndarray) -> np.ndarray:
+    """The ROI's centre in world mm (RAS+): the mask's bounding-box centre, or labels.csv's.
+
+    Args:
+      subject: the `cohort.Subject` (its `centre` for roi "centre").
+      spec: the SampleSpec.
+      lesion: bool (x, y, z) lesion mask on the grid of `affine`, or None.
+      affine: the grid's voxel -> world affine.
+
+    Raises:
+      InputError: no centre for the subject, or an empty lesion mask.
+    """
+    sid = subject.subject_id
+    if spec.roi == "centre":
+        if subject.centre is None:
+            where = (
+                f"labels.csv column {spec.centre_column!r}"
+                if spec.centre_column
+                else ("data.centre_column (or --centre=x,y,z for predict)")
+            )
+            raise InputError(
+                sid,
+                _labels_csv(subject),
+                f"data.roi='centre' needs a lesion centre: none in {where}",
+            )
+        return np.asarray(subject.centre, float)
+    if not lesion.any():
+        raise InputError(
+            sid,
+            subject.mask,
+            "the lesion mask is empty (no lesion voxel inside the image), and data.roi='mask' "
+            "centres the input on it; fix the mask, or use data.roi='centre'",
+        )
+    idx = np.argwhere(lesion)
+    mid = (idx.min(0) + idx.max(0)) / 2.0  # the bounding box's centre, in voxels
+    return affine[:3, :3] @ mid + affine[:3, 3]
+
+
+def _labels_csv(subject, otherwise="--centre"):
+    """The cohort's labels.csv (beside the subject's folder), for messages; else `otherwise`.
+
+    A new patient's centre (predict) comes from the `--centre` flag, not from a labels.csv.
+    """
+    for folder in next(iter(subject.files.values())).parents:
+        if folder.name == subject.subject_id and (folder.parent / "labels.csv").is_file():
+            return folder.parent / "labels.csv"
+    return otherwise
+
+
+def roi_grid(spec: SampleSpec, centre, shape, affine: np.ndarray):
+    """The ROI grid (x, y, z order): a box of `roi_size_mm` centred on `centre`.
+
+    Its axes have the directions of the grid (shape, affine) it is cut from. volumes3d: the box
+    is sampled at `spec.shape` = (D, H, W), so the voxel size is roi_size_mm / (W, H, D) along
+    x, y, z. slices2d: in-plane roi_size_mm[:2] / (W, H); along z the grid's own slices, all of
+    them (so slice numbers stay the scan's), of which those whose centres lie within
+    roi_size_mm[2] / 2 of the centre (at least the nearest one) are the box's.
+
+    Args:
+      spec: the SampleSpec.
+      centre: the box's centre, world mm.
+      shape: the shape (x, y, z) of the grid the box is cut from.
+      affine: that grid's voxel -> world affine.
+
+    Returns:
+      (roi shape (x, y, z), roi affine, (first, last) z index of the box's slices).
+
+    Raises:
+      ValueError: `spec.shape` does not fit `spec.kind`.
+    """
+    need = 2 if spec.kind == "slices2d" else 3
+    if len(spec.shape) != need:
+        raise ValueError(f"data.shape {spec.shape} does not fit kind {spec.kind!r}")
+    size = np.asarray(spec.roi_size_mm, float)
+    voxel = np.linalg.inv(affine)[:3] @ np.r_[centre, 1.0]  # the centre on the grid
+    cols = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(0))  # unit axis directions
+    n = np.array(spec.shape[::-1], float)  # (W, H) or (W, H, D): along x, y (, z)
+    if spec.kind == "volumes3d":
+        a = cols * (size / n)
+        offset, zrange = (n - 1) / 2.0, (0, int(n[2]) - 1)
+    else:
+        half = size[2] / 2.0 / float(np.linalg.norm(affine[:3, 2]))  # in slices
+        top = shape[2] - 1
+        lo = int(np.clip(np.ceil(voxel[2] - half - 1e-6), 0, top))
+        hi = int(np.clip(np.floor(voxel[2] + half + 1e-6), 0, top))
+        if hi < lo:  # a box thinner than a slice: the nearest slice
+            lo = hi = int(np.clip(np.rint(voxel[2]), 0, top))
+        n, zrange = np.r_[n, shape[2]], (lo, hi)
+        a = np.c_[cols[:, :2] * (size[:2] / n[:2]), affine[:3, 2]]
+        # ROI slice k is the grid's slice k, exactly (its plane, not only its number)
+        offset = np.r_[(n[:2] - 1) / 2.0, voxel[2]]
+    roi = np.eye(4)
+    roi[:3, :3] = a
+    roi[:3, 3] = centre - a @ offset
+    return tuple(int(k) for k in n), roi, zrange
+
+
+def _crop_roi(subject, spec, centre, arrays, affine):
+    """Resamples the subject onto its ROI grid, a box around `centre` (world mm).
+
+    Args:
+      subject: the `cohort.Subject`, for messages.
+      spec: the SampleSpec.
+      centre: the box's centre (`roi_centre`).
+      arrays: (image (x, y, z, C), brain, lesion or None) on the grid of `affine`.
+      affine: their voxel -> world affine.
+
+    Returns:
+      (image, brain, lesion, ROI affine, (first, last) z index of the box's slices).
+
+    Raises:
+      InputError: the centre lies outside the scan's field of view.
+    """
+    image, brain, lesion = arrays
+    shape = brain.shape
+    voxel = np.linalg.inv(affine)[:3] @ np.r_[centre, 1.0]
+    if np.any(voxel < -0.5) or np.any(voxel > np.array(shape) - 0.5):
+        ref, xyz = geo.Image(brain, affine), ", ".join(f"{v:.4g}" for v in centre)
+        raise InputError(
+            subject.subject_id,
+            _labels_csv(subject) if spec.roi == "centre" else subject.mask,
+            f"the lesion centre ({xyz}) mm lies outside the {spec.reference} "
+            f"image's field of view ({geo.grid_text(ref)}); the centre is x;y;z in world mm, "
+            "RAS+ (as a viewer shows it, not voxel indices)",
+        )
+    roi_shape, roi, zrange = roi_grid(spec, centre, shape, affine)
+    if geo.coverage(geo.Image(brain, affine), roi_shape, roi) < 1.0:
+        # a lesion near the edge of the field of view: the box is not moved (the lesion stays
+        # at its centre); the part outside the scan is zeros
+        logging.info("%s: the ROI box extends past the scan; zeros there", subject.subject_id)
+
+    def onto(a, order):
+        return geo.resample(geo.Image(a.astype(np.float32), affine), roi_shape, roi, order).data
+
+    image = np.stack([onto(image[..., c], 1) for c in range(image.shape[-1])], -1)
+    lesion = None if lesion is None else onto(lesion, 0) > 0.5
+    return image, onto(brain, 0) > 0.5, lesion, roi, zrange
 
 
 def _lesion_slices(subject, slices, lesion, brain, z0) -> np.ndarray:

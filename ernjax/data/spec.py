@@ -29,6 +29,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 KINDS = ("slices2d", "volumes3d")
+ROIS = ("brain", "mask", "centre")  # config.data.roi (ernjax/defaults.py says what each is)
+# The ROI settings, and their values before they existed: at these values they are left out of
+# the records' name (`hashed`), so records built before keep their name.
+ROI_DEFAULTS = dict(
+    roi="brain", roi_size_mm=(64.0, 64.0, 64.0), centre_column="", mask_channel=False
+)
+MASK_CHANNEL = "mask"  # the name of the appended mask channel (`SampleSpec.channel_names`)
 NOT_IN_SPEC = (
     "cohort_dir",
     "synthetic",
@@ -47,8 +54,14 @@ DEVICE_KEYS = ("image", "label", "valid")
 
 
 def _pick(cls, data) -> dict:
-    """The values of the dataclass `cls`'s fields in `data` (a mapping or a ConfigDict)."""
-    return {f.name: data[f.name] for f in dataclasses.fields(cls)}
+    """The values of the dataclass `cls`'s fields in `data` (a mapping or a ConfigDict).
+
+    A field with a default may be missing (the ROI fields, in the settings of records and runs
+    from before they existed).
+    """
+    fields = dataclasses.fields(cls)
+    has_default = {f.name for f in fields if f.default is not dataclasses.MISSING}
+    return {f.name: data[f.name] for f in fields if f.name in data or f.name not in has_default}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +99,18 @@ class SampleSpec:
     normalize: str
     on_error: str
     split: SplitSpec
+    roi: str = ROI_DEFAULTS["roi"]
+    roi_size_mm: tuple[float, ...] = ROI_DEFAULTS["roi_size_mm"]
+    centre_column: str = ROI_DEFAULTS["centre_column"]
+    mask_channel: bool = ROI_DEFAULTS["mask_channel"]
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"data.kind {self.kind!r}: expected one of {KINDS}")
+        if self.roi not in ROIS:
+            raise ValueError(f"data.roi {self.roi!r}: expected one of {ROIS}")
+        if len(self.roi_size_mm) != 3 or min(float(s) for s in self.roi_size_mm) <= 0:
+            raise ValueError(f"data.roi_size_mm {self.roi_size_mm}: expected 3 sizes (x, y, z) > 0")
         split = (
             self.split
             if isinstance(self.split, SplitSpec)
@@ -102,6 +123,8 @@ class SampleSpec:
             spacing=tuple(float(s) for s in self.spacing),
             shape=tuple(int(n) for n in self.shape),
             split=split,
+            roi_size_mm=tuple(float(s) for s in self.roi_size_mm),
+            mask_channel=bool(self.mask_channel),
         )
         for name, value in values.items():
             object.__setattr__(self, name, value)  # frozen: only __post_init__ may normalize
@@ -136,10 +159,27 @@ class SampleSpec:
         d["modalities"] = dict(self.modalities)
         return json.loads(json.dumps(d))
 
+    def hashed(self) -> dict:
+        """`to_dict` less the ROI fields at their defaults: what the records' name hashes.
+
+        Every other value is kept, so that any change of any field changes the name, while the
+        default settings keep the name they had before the ROI fields existed.
+        """
+        d = self.to_dict()
+        for name, default in ROI_DEFAULTS.items():
+            if getattr(self, name) == default:
+                del d[name]
+        return d
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The stored image's channels, in order: `channels`, then "mask" with `mask_channel`."""
+        return (*self.channels, MASK_CHANNEL) if self.mask_channel else self.channels
+
     @property
     def image_shape(self) -> tuple[int, ...]:
-        """The stored image's shape: `shape` + (channels,), channels last."""
-        return (*self.shape, len(self.channels))
+        """The stored image's shape: `shape` + (channels,), channels last (the mask one too)."""
+        return (*self.shape, len(self.channel_names))
 
     @property
     def example_keys(self) -> tuple[str, ...]:
