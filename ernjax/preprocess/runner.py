@@ -30,9 +30,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from ernjax import atomic
+from ernjax.data import cohort as cohort_lib
 from ernjax.data.geometry import Image, check_mask_grid, load_image, save_image
 from ernjax.errors import InputError
-from ernjax.preprocess import pipeline, qc
+from ernjax.preprocess import dicom, pipeline, qc
 
 WORK_DIR = ".preprocess"  # hidden, so that it is never taken for a subject folder
 
@@ -224,9 +225,6 @@ def _progress(total: int, enabled: bool):
 
 def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_required, mask_pattern):
     """Finds the subjects (converting a DICOM cohort to NIfTI first). Returns (cohort, patterns)."""
-    from ernjax.data import cohort as cohort_lib
-    from ernjax.preprocess import dicom
-
     staging = None
     if dicom.is_dicom_cohort(cohort_dir):
         staging = out_dir / WORK_DIR / "dicom_nifti"
