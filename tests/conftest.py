@@ -1,4 +1,4 @@
-"""Shared test setup: 4 fake CPU devices for the data-parallel tests, and the real-data folder."""
+"""Shared test setup: 4 fake CPU devices, the real-data folder, a persistent compilation cache."""
 
 import os
 from pathlib import Path
@@ -8,6 +8,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 
@@ -20,3 +21,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real MRI not found at {SHARED_DATA} (see README: Tests)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for one test module (and its subprocesses), reset afterwards.
+
+    Each program then compiles once per module, however many runs of it the tests train.
+    """
+    path = tmp_path_factory.mktemp("jax_cache")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.set_cache_dir(str(path))
+    compilation_cache.reset_cache()
+    yield path
+    compilation_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

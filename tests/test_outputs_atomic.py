@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import FakePipeline, compile_cache, tiny_config  # noqa: F401 (a fixture)
+from test_train import FakePipeline, tiny_config
 
 from ernjax import errors
 from ernjax.evaluate import predictions, reporting
@@ -163,13 +163,7 @@ def test_a_writer_failing_midway_leaves_the_previous_file(name, tmp_path):
 
 
 # ----------------------------------------------------------------------------- a run's outputs
-@pytest.fixture(scope="module")
-def jax_cache(request):
-    """test_train's persistent compilation cache: each program compiles once per module."""
-    return request.getfixturevalue("compile_cache")
-
-
-def test_a_failed_final_output_leaves_the_previous_complete_set(tmp_path, jax_cache):
+def test_a_failed_final_output_leaves_the_previous_complete_set(tmp_path, compile_cache):
     """Disk full at results.json: not new predictions beside the old results.json."""
     outputs = ("results.json", "predictions_validation.csv", "predictions_test.csv")
     loop.train_and_evaluate(tiny_config(num_epochs=1), tmp_path, pipeline=FakePipeline())
@@ -251,11 +245,11 @@ if __name__ == "__main__":
     _checkpoint_subprocess(*sys.argv[1:4])
 
 
-def test_disk_full_while_checkpointing_is_one_clear_line(tmp_path, jax_cache):
+def test_disk_full_while_checkpointing_is_one_clear_line(tmp_path, compile_cache):
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
     proc = subprocess.run(
-        [sys.executable, __file__, str(workdir), str(jax_cache), "4"],
+        [sys.executable, __file__, str(workdir), str(compile_cache), "4"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -13,10 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import configs.ern
 from ernjax.baselines import radiomics
@@ -43,19 +41,13 @@ def _config(**data):
 
 
 @pytest.fixture(scope="module")
-def repeated(tmp_path_factory):
+def repeated(tmp_path_factory, compile_cache):
     """(config, W, repeat.json's numbers) of `repeat.run` over SEEDS with the radiomics baseline."""
-    cache = tmp_path_factory.mktemp("jax_cache")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.set_cache_dir(str(cache))
-    compilation_cache.reset_cache()
+    del compile_cache  # seed 1 reuses seed 0's compiled programs
     workdir = tmp_path_factory.mktemp("repeat")
     config = _config()
     flat = repeat.run(config, workdir, SEEDS, with_radiomics=True)
-    yield config, workdir, flat
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return config, workdir, flat
 
 
 def _shared(workdir: Path):

@@ -210,19 +210,6 @@ def tiny_config(**train_overrides):
     return c
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module (and the subprocess), reset afterwards."""
-    path = tmp_path_factory.mktemp("jax_cache")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.set_cache_dir(str(path))
-    compilation_cache.reset_cache()
-    yield path
-    compilation_cache.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 # ----------------------------------------------------------------------------- unit tests
 def test_class_weights_match_gao():
     # Gao 2020: 50 necrosis, 96 recurrence -> n_total / (n_classes * n_class).
