@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ernjax.models import densenet, efficientnet, inception, resnet, vgg
+from ernjax.models import densenet, efficientnet, inception, layers, resnet, vgg
 
 # (constructor, its variant table); constructors take in_channels, num_classes, spatial_dims,
 # dropout, dtype and rngs as keywords, plus the variant's own keywords.
@@ -42,6 +42,7 @@ def create_model(
     spatial_dims: int = 2,
     dropout: float = 0.0,
     dtype=jnp.float32,
+    norm: str = "batch",
     rngs: nnx.Rngs,
     **options,
 ) -> nnx.Module:
@@ -55,6 +56,8 @@ def create_model(
       dropout: dropout rate before the dense layer.
       dtype: compute dtype (float32 or bfloat16, or its name); parameters stay float32 and the
         logits are float32.
+      norm: "batch" (BatchNorm, every family's own), "group" or "instance" (GroupNorm with
+        at most 32 groups, or one per channel): each BatchNorm of the family is that layer.
       rngs: `nnx.Rngs(params=..., dropout=...)`; dropout and stochastic depth draw from the
         `dropout` stream.
       **options: family-specific keywords overriding the variant table (e.g. ResNet's
@@ -71,15 +74,16 @@ def create_model(
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     cls, variant = _REGISTRY[name]
-    return cls(
-        **{**variant, **options},
-        in_channels=in_channels,
-        num_classes=num_classes,
-        spatial_dims=spatial_dims,
-        dropout=dropout,
-        dtype=jnp.dtype(dtype),
-        rngs=rngs,
-    )
+    with layers.norm_kind(norm):
+        return cls(
+            **{**variant, **options},
+            in_channels=in_channels,
+            num_classes=num_classes,
+            spatial_dims=spatial_dims,
+            dropout=dropout,
+            dtype=jnp.dtype(dtype),
+            rngs=rngs,
+        )
 
 
 def count_params(model: nnx.Module) -> int:

@@ -23,12 +23,12 @@ from flax import nnx
 
 from ernjax.models.layers import (
     Classifier,
-    batch_norm,
     check_input,
     conv_general_dilated,
     dense_init_fan_in,
     host_init,
     max_pool,
+    norm_layer,
 )
 
 # PyTorch BatchNorm defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
@@ -62,7 +62,7 @@ class DenseLayer(nnx.Module):
 
     def __init__(self, in_f, *, growth_rate, bn_size, dropout_prob, common):
         mid = bn_size * growth_rate
-        bn = functools.partial(batch_norm, **_BN, dtype=common["dtype"], rngs=common["rngs"])
+        bn = functools.partial(norm_layer, **_BN, dtype=common["dtype"], rngs=common["rngs"])
         self.norm1, self.conv1 = bn(in_f), _conv(in_f, mid, 1, common=common)
         self.norm2, self.conv2 = bn(mid), _conv(mid, growth_rate, 3, common=common)
         rngs = common["rngs"] if dropout_prob > 0 else None
@@ -101,7 +101,7 @@ class Transition(nnx.Module):
     """BN-ReLU-1x1 conv to `out_f` channels, then a 2x2 stride-2 average pool."""
 
     def __init__(self, in_f, out_f, *, common):
-        self.norm = batch_norm(in_f, **_BN, dtype=common["dtype"], rngs=common["rngs"])
+        self.norm = norm_layer(in_f, **_BN, dtype=common["dtype"], rngs=common["rngs"])
         self.conv = _conv(in_f, out_f, 1, common=common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -157,7 +157,7 @@ class DenseNet(Classifier):
         self.num_blocks = len(block_config)
         common = dict(spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
         self.conv0 = _conv(in_channels, init_features, 7, stride=2, common=common)
-        self.norm0 = batch_norm(init_features, **_BN, dtype=dtype, rngs=rngs)
+        self.norm0 = norm_layer(init_features, **_BN, dtype=dtype, rngs=rngs)
         in_f = init_features
         layer_args = dict(growth_rate=growth_rate, bn_size=bn_size, dropout_prob=dropout_prob)
         for i, num_layers in enumerate(block_config):
@@ -167,7 +167,7 @@ class DenseNet(Classifier):
             if i < self.num_blocks - 1:
                 setattr(self, f"transition{i + 1}", Transition(in_f, in_f // 2, common=common))
                 in_f //= 2
-        self.norm5 = batch_norm(in_f, **_BN, dtype=dtype, rngs=rngs)
+        self.norm5 = norm_layer(in_f, **_BN, dtype=dtype, rngs=rngs)
         self._init_head(in_f, num_classes, dropout, dense_init_fan_in, rngs)
 
     def features(self, x: jax.Array) -> jax.Array:

@@ -93,7 +93,7 @@ class MBConv(nnx.Module):
     ):
         mid = in_features * expand
         kw = dict(spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
-        bn = functools.partial(layers.batch_norm, **_BN, dtype=dtype, rngs=rngs)
+        bn = functools.partial(layers.norm_layer, **_BN, dtype=dtype, rngs=rngs)
         self.expand_conv = layers.conv(in_features, mid, 1, **kw) if expand != 1 else None
         self.expand_bn = bn(mid) if expand != 1 else None
         self.depthwise_conv = layers.conv(mid, mid, kernel, stride=stride, groups=mid, **kw)
@@ -174,7 +174,7 @@ class ERNNet(layers.Classifier):
         """
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
         kw = dict(spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
-        bn = functools.partial(layers.batch_norm, **_BN, dtype=dtype, rngs=rngs)
+        bn = functools.partial(layers.norm_layer, **_BN, dtype=dtype, rngs=rngs)
         stem = round_filters(stem_features, width)
         self.stem_conv = layers.conv(in_channels, stem, 3, stride=2, **kw)
         self.stem_bn = bn(stem)

@@ -22,11 +22,11 @@ from flax import nnx
 
 from ernjax.models.layers import (
     Classifier,
-    batch_norm,
     check_input,
     conv_init,
     dense_init_fan_in,
     max_pool,
+    norm_layer,
 )
 
 # torchvision/timm BasicConv2d: BatchNorm eps 1e-3, PyTorch momentum 0.1 (Flax 0.9).
@@ -51,7 +51,7 @@ class ConvBN(nnx.Module):
             param_dtype=jnp.float32,
             rngs=rngs,
         )
-        self.bn = batch_norm(out_f, **_BN, dtype=dtype, rngs=rngs)
+        self.bn = norm_layer(out_f, **_BN, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies conv, BatchNorm and ReLU."""

@@ -1,11 +1,14 @@
-"""Building blocks shared by every model family: N-d convs, BatchNorm and the classifier head.
+"""Building blocks shared by every model family: N-d convs, normalization and the classifier head.
 
 Everything is channels-last ([B, *spatial, C]), so one code path serves 2D and 3D: the kernel
 of a conv is simply a tuple of `spatial_dims` sizes. Parameters are always float32; `dtype` is
 the compute dtype (float32 or bfloat16).
 """
 
+import contextlib
+import contextvars
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -167,21 +170,60 @@ def conv(
     )
 
 
-def batch_norm(
+NORMS = ("batch", "group", "instance")
+# The normalization layer `norm_layer` builds: set for one model's construction by
+# `create_model(norm=...)` (ernjax.models), so that every family gets the choice without
+# threading it through each block's constructor.
+_NORM = contextvars.ContextVar("ernjax_norm", default="batch")
+
+
+@contextlib.contextmanager
+def norm_kind(kind: str):
+    """Within the block, `norm_layer` builds `kind` layers: "batch", "group" or "instance"."""
+    if kind not in NORMS:
+        raise ValueError(f"config.model.norm={kind!r}: expected one of {', '.join(NORMS)}")
+    token = _NORM.set(kind)
+    try:
+        yield
+    finally:
+        _NORM.reset(token)
+
+
+def group_count(features: int, kind: str) -> int:
+    """Groups of a "group" (GroupNorm, at most 32: Wu & He 2018) or "instance" layer."""
+    return features if kind == "instance" else math.gcd(features, 32)
+
+
+def norm_layer(
     features: int, *, momentum: float, epsilon: float, dtype=jnp.float32, rngs: nnx.Rngs
-) -> nnx.BatchNorm:
-    """Returns a BatchNorm over the channel (last) axis.
+) -> nnx.Module:
+    """Returns the normalization over the channel (last) axis chosen by `norm_kind`.
+
+    "batch" (the default, every paper's) is BatchNorm: statistics of the batch while training,
+    running averages at inference, so with a batch of 2-4 volumes the two differ. "group"
+    (GroupNorm, `group_count` groups) and "instance" (one group per channel) normalize each
+    example on its own, the same in training and inference, whatever the batch size.
 
     Args:
       features: channels.
-      momentum: Flax momentum, i.e. 1 - PyTorch's momentum (PyTorch 0.1 is Flax 0.9).
+      momentum: BatchNorm's Flax momentum, i.e. 1 - PyTorch's momentum (PyTorch 0.1 is Flax 0.9).
       epsilon: added to the variance.
       dtype: compute dtype (statistics are reduced in float32 regardless).
       rngs: random streams (unused by the initializers, required by Flax).
 
     Returns:
-      The `nnx.BatchNorm` module, in training mode until `model.eval()`.
+      `nnx.BatchNorm` (in training mode until `model.eval()`) or `nnx.GroupNorm`.
     """
+    kind = _NORM.get()
+    if kind != "batch":
+        return nnx.GroupNorm(
+            features,
+            num_groups=group_count(features, kind),
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
     return nnx.BatchNorm(
         features,
         momentum=momentum,

@@ -20,11 +20,11 @@ from flax import nnx
 
 from ernjax.models.layers import (
     Classifier,
-    batch_norm,
     check_input,
     conv,
     dense_init_fan_in,
     max_pool,
+    norm_layer,
 )
 
 # PyTorch BatchNorm defaults: momentum 0.1 (Flax 0.9), eps 1e-5.
@@ -49,7 +49,7 @@ class Shortcut(nnx.Module):
             if type_b
             else None
         )
-        self.bn = batch_norm(out_f, **_BN, dtype=dtype, rngs=rngs) if type_b else None
+        self.bn = norm_layer(out_f, **_BN, dtype=dtype, rngs=rngs) if type_b else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps the block input onto the block output's shape."""
@@ -67,7 +67,7 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, in_f, planes, *, stride, shortcut, spatial_dims, dtype, rngs):
         c3 = functools.partial(conv, padding=1, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
-        bn = functools.partial(batch_norm, **_BN, dtype=dtype, rngs=rngs)
+        bn = functools.partial(norm_layer, **_BN, dtype=dtype, rngs=rngs)
         self.conv1, self.bn1 = c3(in_f, planes, 3, stride=stride), bn(planes)
         self.conv2, self.bn2 = c3(planes, planes, 3), bn(planes)
         self.downsample = shortcut
@@ -87,7 +87,7 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, in_f, planes, *, stride, shortcut, spatial_dims, dtype, rngs):
         cv = functools.partial(conv, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
-        bn = functools.partial(batch_norm, **_BN, dtype=dtype, rngs=rngs)
+        bn = functools.partial(norm_layer, **_BN, dtype=dtype, rngs=rngs)
         out_f = planes * self.expansion
         self.conv1, self.bn1 = cv(in_f, planes, 1, padding=0), bn(planes)
         self.conv2, self.bn2 = cv(planes, planes, 3, stride=stride, padding=1), bn(planes)
@@ -170,7 +170,7 @@ class ResNet(Classifier):
             padding=conv1_size // 2,
             **common,
         )
-        self.bn1 = batch_norm(widths[0], **_BN, dtype=dtype, rngs=rngs)
+        self.bn1 = norm_layer(widths[0], **_BN, dtype=dtype, rngs=rngs)
         in_f = widths[0]
         for i, (planes, n) in enumerate(zip(widths, layers, strict=True)):
             shortcut = dict(kind=shortcut_type, bias=bias_downsample)

@@ -157,7 +157,7 @@ def _make_trunk(config, in_f, with_bn, common):
         index += 1
         if with_bn:
             bn_args = dict(dtype=common["dtype"], rngs=common["rngs"])
-            trunk[str(index)] = layers.batch_norm(width, **_BN, **bn_args)
+            trunk[str(index)] = layers.norm_layer(width, **_BN, **bn_args)
             plan.append(("bn", str(index)))
             index += 1
         plan.append(("relu",))
