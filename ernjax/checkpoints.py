@@ -302,7 +302,7 @@ class Checkpointer:
         return restored["state"], Progress.from_json(restored["meta"])
 
     def restore_model(self, step: int, like=None):
-        """Reads only the model part of one checkpoint's state (no optimizer state, no data).
+        """Reads only the scored model state of one checkpoint (no optimizer state, no data).
 
         Needs `read_only=True`. The arrays are read for this process's devices, whatever devices
         the run was trained on.
@@ -321,15 +321,17 @@ class Checkpointer:
             raise InputError(
                 "", self.directory, f"step {step} holds no model state (not an ernjax run?)"
             )
+        # The scored weights (ernjax.train.steps.scored_model): the EMA ones if the run kept them.
+        key = "ema" if "ema" in saved.keys() else "model"
         if like is None:
-            item = {"model": saved["model"]}
+            item = {key: saved[key]}
             args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
         else:
-            item = {"model": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+            item = {key: jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
             args = ocp.checkpoint_utils.construct_restore_args(item)
         restore = ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
         restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
-        return restored["state"]["model"]
+        return restored["state"][key]
 
     def saved_config(self, step: int) -> str:
         """Returns the config JSON saved with `step`."""

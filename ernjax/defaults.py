@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.name = "ern_b0"
     m.num_classes = 2
     m.dropout = 0.2
+    # Normalization layers: "batch" (BatchNorm, every paper's), "group" (GroupNorm, <= 32 groups)
+    # or "instance"; the last two do not depend on the batch (ernjax.models.layers.norm_layer).
+    m.norm = "batch"
     # Pretrained weights: a PyTorch state dict (MONAI, MedicalNet, torchvision layouts) or an
     # ernjax run directory; "" = random init. See ernjax/models/pretrained.py.
     m.init_from = ""
@@ -105,6 +108,15 @@ def base_config() -> ml_collections.ConfigDict:
     t.weight_decay = 1e-4
     t.grad_clip = 1.0  # global-norm clip, 0 to disable
     t.class_weights = ()  # () = n_total / (n_classes * n_class) from the training split
+    # "shuffle": every training example once per pass, the loss class-weighted (class_weights);
+    # "balanced": examples drawn so that each class is equally frequent (the rarer classes'
+    # examples repeated), the loss unweighted unless class_weights is given. An epoch is the
+    # same number of examples either way.
+    t.sampling = "shuffle"
+    # > 0: an exponential moving average of the weights (and BatchNorm statistics) with this
+    # decay, warmed up as min(decay, (1 + step) / (10 + step)); validation, checkpoint
+    # selection, the final scores and predict then use the averaged weights. 0 = off.
+    t.ema_decay = 0.0
     t.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
     # The validation metric that picks the best step, counts for early stopping and is kept as
     # the "best" checkpoint: a key of the flat validation results, "image.auc" (what ernjax

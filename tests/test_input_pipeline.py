@@ -103,3 +103,25 @@ def test_augment_keeps_background_and_shape():
     outs = [flip.random_map({"image": img}, np.random.default_rng(s))["image"] for s in range(8)]
     assert any(np.array_equal(o, img[..., ::-1, :]) for o in outs)
     assert any(np.array_equal(o, img) for o in outs)
+
+
+def test_balanced_parts_make_the_classes_equally_frequent():
+    parts = [("train", i) for i in range(7)]
+    labels = [0, 0, 0, 0, 0, 1, 1]  # 5:2
+    out = ip.balanced_parts(parts, labels, 2, seed=0)
+    got = [labels[i] for _, i in out]
+    assert got.count(0) == got.count(1) == 5
+    assert {i for _, i in out} == set(range(7))  # nothing dropped
+    minority = [i for _, i in out if labels[i] == 1]
+    assert sorted(minority.count(i) for i in (5, 6)) == [2, 3]  # repeated as evenly as it goes
+    assert out == ip.balanced_parts(parts, labels, 2, seed=0)
+
+
+def test_balanced_training_stream_draws_the_balanced_list(setup):
+    cfg, info, _ = setup
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.sampling = "balanced"
+    it = ip.train_iterator(cfg, info, global_batch=4)
+    labels = np.concatenate([next(it)["label"] for _ in range(30)])
+    counts = np.bincount(labels, minlength=2)
+    assert abs(counts[0] - counts[1]) <= 0.2 * counts.sum()  # about 1:1, whatever the split's

@@ -311,3 +311,30 @@ def test_max_pool_equals_nnx_with_pytorchs_gradient_routing(shape, window, strid
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("name,dims", [("ern_tiny", 2), ("resnet10_tiny", 3)])
+def test_group_and_instance_norm_do_not_depend_on_the_batch(norm, name, dims):
+    """No BatchNorm statistics, and an example's logits are the same alone or in a batch."""
+    from ernjax.models import create_model
+    from ernjax.models.layers import group_count
+
+    model = create_model(
+        name, in_channels=2, num_classes=2, spatial_dims=dims, norm=norm, rngs=nnx.Rngs(0)
+    )
+    assert not jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+    groups = {m.num_groups for _, m in nnx.iter_graph(model) if isinstance(m, nnx.GroupNorm)}
+    assert groups and all(g >= 1 for g in groups)
+    x = rand(3, *(16,) * dims, 2)
+    together, alone = model(x), model(x[:1])  # training mode: BatchNorm would differ here
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(together[:1]), rtol=1e-4, atol=1e-5)
+    assert group_count(40, "group") == 8 and group_count(64, "group") == 32
+    assert group_count(40, "instance") == 40
+
+
+def test_unknown_norm_is_refused():
+    from ernjax.models import create_model
+
+    with pytest.raises(ValueError, match="config.model.norm='layer'"):
+        create_model("ern_tiny", in_channels=2, num_classes=2, norm="layer", rngs=nnx.Rngs(0))

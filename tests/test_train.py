@@ -537,3 +537,64 @@ def test_select_checkpoint_last_scores_the_final_step(tmp_path, compile_cache):
     config.train.select_checkpoint = "first"
     with pytest.raises(ValueError, match="select_checkpoint='first'"):
         loop.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
+
+
+def test_ema_update_is_the_warmed_up_average():
+    """Float leaves move by min(decay, (1 + t) / (10 + t)); integer leaves are copied."""
+    ema = {"w": jnp.array([0.0, 10.0]), "count": jnp.array(3)}
+    new = {"w": jnp.array([1.0, 0.0]), "count": jnp.array(4)}
+    out = train_steps.ema_update(ema, new, jnp.array(2), 0.99)
+    d = 3.0 / 12.0  # step 2: the warm-up term is below the decay
+    np.testing.assert_allclose(out["w"], [d * 0 + (1 - d) * 1, d * 10 + (1 - d) * 0], rtol=1e-6)
+    assert int(out["count"]) == 4
+    late = train_steps.ema_update(ema, new, jnp.array(10_000), 0.9)
+    np.testing.assert_allclose(late["w"], [0.1, 9.0], rtol=1e-6)
+
+
+def test_ema_run_scores_and_serves_the_averaged_weights(tmp_path, compile_cache):
+    """With ema_decay, checkpoints keep both; validation, scores and load_model use the EMA."""
+    config = tiny_config(num_epochs=2, ema_decay=0.9, select_checkpoint="last")
+    results = loop.train_and_evaluate(config, tmp_path, pipeline=FakePipeline())
+    step, raw = _final_state(tmp_path)
+    assert results["checkpoint_step"] == step and {"model", "opt", "ema"} <= set(raw)
+    kernel = ("conv1", "kernel", "value")
+    ema_k, model_k = (np.asarray(_get(raw[k], kernel)) for k in ("ema", "model"))
+    assert not np.allclose(ema_k, model_k)  # the average lags the trained weights
+    scored = checkpoints.load_model(tmp_path, build=lambda c: train_steps.create_model(c, SHAPE))
+    np.testing.assert_array_equal(np.asarray(scored.model.conv1.kernel[...]), ema_k)
+
+
+def _get(tree, path):
+    for key in path:
+        if key not in tree and key == "value":
+            return tree
+        tree = tree[key]
+    return tree
+
+
+def test_recipe_settings_fail_before_any_data_work(tmp_path):
+    class NoData(FakePipeline):
+        def prepare(self, config, workdir):
+            raise AssertionError("prepare must not run")
+
+    for field, value, match in (
+        ("train.sampling", "stratified", "config.train.sampling='stratified'"),
+        ("train.ema_decay", 1.0, "config.train.ema_decay=1.0"),
+        ("model.norm", "layer", "config.model.norm='layer'"),
+    ):
+        config = tiny_config()
+        section, name = field.split(".")
+        config[section][name] = value
+        with pytest.raises(ValueError, match=match):
+            loop.train_and_evaluate(config, tmp_path, pipeline=NoData())
+
+
+def test_balanced_sampling_trains_with_unit_class_weights():
+    config = tiny_config()
+    config.train.sampling = "balanced"
+    model = train_steps.create_model(config, SHAPE)
+    _, _, weights = train_steps.build_training(config, model, (30, 10), 3)
+    np.testing.assert_array_equal(weights, [1.0, 1.0])
+    config.train.sampling = "shuffle"
+    _, _, weights = train_steps.build_training(config, model, (30, 10), 3)
+    np.testing.assert_allclose(weights, [40 / 60, 40 / 20])

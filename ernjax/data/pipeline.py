@@ -114,17 +114,44 @@ def steps_per_epoch(info: DataInfo, global_batch: int) -> int:
     return max(1, info.num_examples["train"] // global_batch)
 
 
+def balanced_parts(parts, labels, num_classes: int, seed: int) -> tuple:
+    """`parts` (one per example, class `labels`) with every class as frequent as the commonest.
+
+    A rarer class's examples are repeated whole, then the remainder drawn without replacement
+    (seeded), so no example comes more than once more often than another of its class. The
+    sampler shuffles this list; an epoch stays `steps_per_epoch` batches, so a balanced run
+    sees as many examples as a shuffled one.
+    """
+    labels = np.asarray(labels)
+    target = np.bincount(labels, minlength=num_classes).max()
+    rng, out = np.random.default_rng(seed), []
+    for k in range(num_classes):
+        own = np.flatnonzero(labels == k)
+        if len(own):
+            reps, rest = divmod(int(target), len(own))
+            chosen = np.concatenate([np.tile(own, reps), rng.choice(own, rest, replace=False)])
+            out += [parts[i] for i in chosen]
+    return tuple(out)
+
+
 def train_iterator(config, info: DataInfo, *, global_batch: int) -> grain.PyGrainDatasetIterator:
     """An endless stream of augmented training batches, reshuffled every epoch from config.seed.
+
+    With `config.train.sampling="balanced"` the stream draws from `balanced_parts`.
 
     Returns:
       A Grain iterator (with get_state/set_state for checkpoints) of dicts: image float32
       [local_batch, *image_shape], label int32, subject_id str, valid bool.
     """
-    source = _Source(info.records_dir, info.parts["train"])
-    if len(source) < global_batch:
+    parts = info.parts["train"]
+    if config.train.get("sampling", "shuffle") == "balanced":
+        index = records_lib.open_records(info.records_dir).index["splits"]
+        labels = [index[s]["label"][i] for s, i in parts]
+        parts = balanced_parts(parts, labels, len(info.class_names), config.seed)
+    source = _Source(info.records_dir, parts)
+    if len(parts) < global_batch:
         raise ValueError(
-            f"the training split has {len(source)} examples, fewer than the "
+            f"the training split has {len(parts)} examples, fewer than the "
             f"global batch {global_batch}: lower config.train.batch_size"
         )
     a = config.data.augment

@@ -27,8 +27,9 @@ from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
+from ernjax.models.layers import NORMS
 from ernjax.train.logs import StepLog, Writer
-from ernjax.train.steps import Steps, build_training, create_model, device_batch
+from ernjax.train.steps import Steps, build_training, create_model, device_batch, scored_model
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +66,18 @@ def _check_settings(config) -> SelectMetric:
         raise ValueError(
             f"config.train.select_checkpoint={config.train.select_checkpoint!r}: expected "
             "'best' or 'last'"
+        )
+    t = config.train
+    if t.sampling not in ("shuffle", "balanced"):
+        raise ValueError(f"config.train.sampling={t.sampling!r}: expected 'shuffle' or 'balanced'")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ValueError(f"config.train.ema_decay={t.ema_decay}: expected 0 (off) or in (0, 1)")
+    if config.model.norm not in NORMS:
+        raise ValueError(f"config.model.norm={config.model.norm!r}: expected one of {NORMS}")
+    if config.model.init_from and config.model.norm != "batch":
+        raise ValueError(
+            f"config.model.norm={config.model.norm!r} with config.model.init_from: pretrained "
+            "weights carry BatchNorm statistics; use norm='batch' to load them"
         )
     n = jax.device_count()
     for name in ("train.batch_size", "eval.batch_size"):
@@ -246,7 +259,7 @@ def _end_epoch(run: _Run, epoch: int) -> float | None:
     """
     if not run.info.num_examples.get("validation"):
         return None
-    results, _ = _evaluate_split(run, run.steps.state["model"], "validation")
+    results, _ = _evaluate_split(run, scored_model(run.steps.state), "validation")
     flat, loss = reporting.flatten(results), results["loss"]
     step, value = epoch * run.steps_per_epoch, flat[run.select.name]
     shown = {f"validation/{k}": v for k, v in flat.items() if k.rsplit(".", 1)[-1] in _TB_METRICS}
@@ -328,7 +341,7 @@ def _final_evaluation(run: _Run) -> dict:
     preds = {}
     for split in ("validation", "test"):
         if run.info.num_examples.get(split):
-            preds[split] = _evaluate_split(run, state["model"], split)[1]
+            preds[split] = _evaluate_split(run, scored_model(state), split)[1]
             if jax.process_index() == 0:
                 predictions.write_csv(run.workdir / f"predictions_{split}.csv", preds[split])
     cutoffs = run.scoring.cutoffs(preds.get("validation"))

@@ -35,7 +35,8 @@ class Steps:
     """The jit-compiled steps of one run and its initial, replicated state.
 
     `train(state, batch) -> (state, {"loss", "grad_norm"})` donates `state`;
-    `evaluate(state["model"], batch) -> {"probs", "nll", "label", "valid"}` (replicated outputs).
+    `evaluate(scored_model(state), batch) -> {"probs", "nll", "label", "valid"}` (replicated
+    outputs). `state` is {"model", "opt"}, plus "ema" (the averaged model state) with EMA on.
     """
 
     state: dict
@@ -45,7 +46,31 @@ class Steps:
     num_params: int = 0
 
 
-def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> Steps:
+def scored_model(state: dict):
+    """The model state that is validated, scored and predicted with: the EMA one if kept."""
+    return state["ema"] if "ema" in state else state["model"]
+
+
+def ema_update(ema, model_state, step, decay: float):
+    """One EMA step of every float leaf (weights, BatchNorm statistics); others are copied.
+
+    The decay is warmed up as min(decay, (1 + step) / (10 + step)) (TensorFlow's
+    `ExponentialMovingAverage(num_updates=step)`), so the first few hundred steps of a short
+    run are not dominated by the random initial weights.
+    """
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+    def mix(e, m):
+        if jnp.issubdtype(m.dtype, jnp.floating):
+            return (d * e + (1.0 - d) * m).astype(m.dtype)
+        return m
+
+    return jax.tree.map(mix, ema, model_state)
+
+
+def build_steps(
+    model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh, ema_decay: float = 0.0
+) -> Steps:
     """Splits model and optimizer and compiles the data-parallel train and eval steps.
 
     Args:
@@ -53,6 +78,7 @@ def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> S
       optimizer: `nnx.Optimizer(model, tx, wrt=nnx.Param)`.
       weights: per-class loss weights [K].
       mesh: a 1-D mesh with axis "data"; the batch is sharded over it.
+      ema_decay: > 0 keeps an exponential moving average of the model state (`ema_update`).
 
     Returns:
       Steps, with the state placed (replicated) on the mesh.
@@ -76,7 +102,10 @@ def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> S
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics
+        new = {"model": nnx.state(model), "opt": nnx.state(opt)}
+        if "ema" in state:
+            new["ema"] = ema_update(state["ema"], new["model"], opt.step[...], ema_decay)
+        return new, metrics
 
     def eval_step(model_state, batch):
         logits = nnx.merge(eval_def, model_state)(batch["image"])
@@ -84,7 +113,10 @@ def build_steps(model: nnx.Module, optimizer: nnx.Optimizer, weights, mesh) -> S
         probs = jax.nn.softmax(logits.astype(jnp.float32))
         return {"probs": probs, "nll": nll, "label": batch["label"], "valid": batch["valid"]}
 
-    state = replicate({"model": model_state, "opt": opt_state}, replicated)
+    state = {"model": model_state, "opt": opt_state}
+    if ema_decay > 0:
+        state["ema"] = jax.tree.map(lambda x: x, model_state)
+    state = replicate(state, replicated)
     return Steps(
         state=state,
         train=jax.jit(
@@ -145,6 +177,7 @@ def create_model(config, image_shape) -> nnx.Module:
         spatial_dims=len(image_shape) - 1,
         dropout=config.model.dropout,
         dtype=config.train.dtype,
+        norm=config.model.get("norm", "batch"),
         rngs=nnx.Rngs(config.seed),
     )
 
@@ -163,6 +196,9 @@ def build_training(config, model: nnx.Module, class_counts, steps_per_epoch: int
     """
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
-    weights = class_weights(class_counts, tuple(config.train.class_weights))
-    steps = build_steps(model, optimizer, weights, make_mesh())
+    explicit = tuple(config.train.class_weights)
+    if config.train.get("sampling", "shuffle") == "balanced" and not explicit:
+        explicit = (1.0,) * len(class_counts)  # the sampler balances the classes already
+    weights = class_weights(class_counts, explicit)
+    steps = build_steps(model, optimizer, weights, make_mesh(), config.train.get("ema_decay", 0.0))
     return steps, schedule, weights
