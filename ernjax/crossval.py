@@ -1,10 +1,13 @@
 """k-fold cross-validation by patient in one command, with pooled metrics and the fold ensemble.
 
-    python -m ernjax.crossval --config=configs/tcga_lgg_2d.py --workdir=W [--folds=0,1,2]
+    python -m ernjax.crossval --config=configs/tcga_lgg_2d.py --workdir=W [--folds=0,1,2] \
+        [--against=W2,W3]
 
 Trains fold k in W/fold_k (reruns resume), then scores every fold, the pooled out-of-fold
 predictions and the fold ensemble on the test split (`ernjax.studies.crossval`, which does the
-work) and writes W/crossval.json, crossval.md, crossval.csv and the ROC figures.
+work) and writes W/crossval.json, crossval.md, crossval.csv and the ROC figures. `--against`
+names finished cross-validations of other models on the same patients and folds: DeLong tests
+of their pooled out-of-fold AUCs against W's go to W/delong_out_of_fold.md.
 """
 
 from absl import app, flags
@@ -22,12 +25,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     folds = [int(f) for f in FLAGS.folds]
     crossval.run(FLAGS.config, FLAGS.workdir, folds, FLAGS.ensemble)
+    if FLAGS.against:
+        k = FLAGS.config.data.split.folds
+        crossval.delong_against(FLAGS.config, FLAGS.workdir, FLAGS.against, k)
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", "workdir_cv", "Cross-validation directory (fold_k/ inside).")
     flags.DEFINE_list("folds", [], "Folds to train now (default: all); reruns resume.")
     flags.DEFINE_enum("ensemble", "mean", ["mean", "majority"], "How fold models are combined.")
+    flags.DEFINE_list("against", [], "Finished cross-validation dirs to DeLong-test against W.")
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Configuration file.", lock_config=True
     )

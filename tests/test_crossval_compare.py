@@ -181,3 +181,30 @@ def test_compare_refuses_a_config_without_test_split(tmp_path, fake_train):
     with pytest.raises(ValueError, match="config.data.split.test is 0"):
         compare.run(config, tmp_path, ["ern_tiny"], [("t1",)])
     assert not fake_train.calls
+
+
+def test_crossval_delong_against_pools_the_same_patients(tmp_path, fake_train):
+    for name in ("a", "b"):
+        crossval.run(_config(3), tmp_path / name)
+    table = crossval.delong_against(_config(3), tmp_path / "a", [tmp_path / "b"], 3)
+    assert "DeLong tests against a (pooled out-of-fold" in table
+    assert (tmp_path / "a" / "delong_out_of_fold.md").read_text() == table
+    rows = {r.split("|")[2].strip(): r for r in table.splitlines() if r.startswith("| b |")}
+    assert set(rows) == {"image", "subject"}
+    # The subject row is DeLong on the pooled subject-mean scores, as stats computes it.
+    pool = {
+        n: crossval.concat(
+            [
+                predictions.read_csv(tmp_path / n / f"fold_{f}/predictions_validation.csv")
+                for f in range(3)
+            ]
+        )
+        for n in ("a", "b")
+    }
+    scoring = crossval.ScoringPolicy.from_config(_config().eval, CLASSES)
+    ya, sa = scoring.roc_data(pool["a"], "subject")
+    _, sb = scoring.roc_data(pool["b"], "subject")
+    z, _ = crossval.stats.delong_test(ya.astype(int), sb, sa, positive=1)
+    assert f"| {z:.3f} |" in rows["subject"]
+    with pytest.raises(crossval.InputError, match="has not finished its 4 folds"):
+        crossval.delong_against(_config(4), tmp_path / "a", [tmp_path / "b"], 4)

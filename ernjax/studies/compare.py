@@ -106,8 +106,10 @@ def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
     return results
 
 
-def delong_table(test: dict, names, scoring: ScoringPolicy) -> str:
+def delong_table(test: dict, names, scoring: ScoringPolicy, split: str = "test split") -> str:
     """Markdown: DeLong z and p of each run's test AUC against the first run's, per level.
+
+    `split` names the predictions compared in the title (e.g. "pooled out-of-fold").
 
     Raises:
       ValueError: the runs predicted different test examples, or gave them different labels
@@ -115,7 +117,7 @@ def delong_table(test: dict, names, scoring: ScoringPolicy) -> str:
     """
     ref = names[0]
     lines = [
-        f"DeLong tests against {ref} (test split; positive class "
+        f"DeLong tests against {ref} ({split}; positive class "
         f"{test[ref].class_names[scoring.positive]})",
         "",
         "| run | level | AUC | AUC of reference | z | p |",

@@ -24,10 +24,11 @@ import numpy as np
 from absl import logging
 
 from ernjax import atomic
+from ernjax.errors import InputError
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.studies import runs
+from ernjax.studies import compare, runs
 
 
 def fold_config(config, workdir: Path, fold: int):
@@ -100,6 +101,31 @@ def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
         curves = {f"fold {f}": p for f, p in enumerate(val)} | {"pooled": pooled}
         _write(workdir, scoring, results, curves, "roc_out_of_fold")
     return results
+
+
+def delong_against(config, workdir, others, k: int) -> str:
+    """DeLong tests of each other cross-validation's pooled out-of-fold AUC against WORKDIR's.
+
+    The studies must have predicted the same patients in the same folds (same cohort, split
+    and records layout; the models may differ): each pooled set is the folds' validation
+    predictions in fold order. Written to WORKDIR/delong_out_of_fold.md and returned.
+
+    Raises:
+      ValueError: a study predicted other examples (`compare.delong_table`).
+    """
+    workdir = Path(workdir)
+    dirs = {workdir.name: workdir} | {Path(o).name: Path(o) for o in others}
+    pooled = {}
+    for name, d in dirs.items():
+        folds = [d / f"fold_{f}" / "predictions_validation.csv" for f in range(k)]
+        if missing := [str(f) for f in folds if not f.is_file()]:
+            raise InputError("", missing[0], f"{name} has not finished its {k} folds")
+        pooled[name] = concat([predictions.read_csv(f) for f in folds])
+    scoring = ScoringPolicy.from_config(config.eval, pooled[workdir.name].class_names)
+    table = compare.delong_table(pooled, list(dirs), scoring, split="pooled out-of-fold")
+    atomic.write_text(workdir / "delong_out_of_fold.md", table)
+    print(table, flush=True)
+    return table
 
 
 def concat(parts: list[Predictions]) -> Predictions:
