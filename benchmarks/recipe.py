@@ -1,0 +1,255 @@
+"""The training-recipe study (issue 16, item 3): which recipe is stable, chosen off the test split.
+
+    python -m benchmarks.recipe --groups=2d,3d_mask,3d_brain --phantom_seed=3 --seeds=0 \
+        --workdir=/tmp/recipe [--out=benchmarks/results]
+
+Every variant trains on the embedded generator's cohort of `--phantom_seed` (3 by default: not
+one of the seeds 0-2 that the README's benchmark rows are measured on, so nothing here is tuned
+on the patients those rows report). Each epoch's checkpoint is kept and scored on that cohort's
+validation and test splits, and each way of choosing the scored checkpoint is applied to the
+validation figures only:
+  - "val image AUC" / "val subject AUC": the epoch best on the validation split by that metric;
+  - "val loss": the epoch with the lowest class-weighted validation loss;
+  - "smoothed val AUC": the epoch best by the mean validation image AUC of it and the epoch
+    before (one lucky epoch on a handful of subjects is not enough);
+  - "last": the final epoch (no selection).
+The report gives, per group, variant, training seed and rule, the test subject and image AUC
+of the chosen epoch (on the study cohort), and per variant the mean over seeds, plus the
+spread of the training loss (how stable the run is: the SD of the logged loss over the second
+half of training) and the per-epoch validation AUC. Written to OUT/recipe.{json,md}.
+"""
+
+import dataclasses
+import importlib
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+from benchmarks import common
+from ernjax import atomic
+from ernjax.data.pipeline import GRAIN
+from ernjax.studies import runs
+from ernjax.train import loop
+from ernjax.train.steps import scored_model
+
+# group -> (config module, the data settings that make the group, {variant: overrides}).
+# The first variant of a group is the config as it is (with the group's data settings).
+MASK = {"data.roi": "mask", "data.mask_pattern": "*_mask.nii.gz"}
+GROUPS = {
+    "2d": (
+        "configs.ern",
+        {},
+        {
+            "brain": {},
+            "mask roi": MASK,
+            "mask roi, balanced": {**MASK, "train.sampling": "balanced"},
+            "mask roi, EMA 0.99": {**MASK, "train.ema_decay": 0.99},
+        },
+    ),
+    "3d_mask": (
+        "configs.resnet3d",
+        MASK,
+        {
+            "batchnorm": {},
+            "groupnorm": {"model.norm": "group"},
+            "groupnorm, EMA 0.99": {"model.norm": "group", "train.ema_decay": 0.99},
+            "batchnorm, balanced": {"train.sampling": "balanced"},
+        },
+    ),
+    "3d_brain": (
+        "configs.resnet3d",
+        {},
+        {
+            "batchnorm": {},
+            "groupnorm": {"model.norm": "group"},
+            "groupnorm, EMA 0.99": {"model.norm": "group", "train.ema_decay": 0.99},
+        },
+    ),
+}
+RULES = ("val image AUC", "val subject AUC", "val loss", "smoothed val AUC", "last")
+
+GROUP_FLAG = flags.DEFINE_list("groups", list(GROUPS), "study groups to run")
+VARIANTS = flags.DEFINE_string("variants", "", "only these variants, ';'-separated (default: all)")
+PHANTOM = flags.DEFINE_integer("phantom_seed", 3, "seed of the embedded generator's cohort")
+SEEDS = flags.DEFINE_list("seeds", ["0"], "training seeds")
+WORKDIR = flags.DEFINE_string("workdir", "/tmp/ernjax_recipe", "where the runs train")
+OUT = flags.DEFINE_string("out", "benchmarks/results", "where recipe.{json,md} go")
+TINY = flags.DEFINE_bool("tiny", False, "the configs' :tiny variants (a smoke run of the study)")
+
+
+@dataclasses.dataclass
+class Epoch:
+    """One kept checkpoint's validation and (study-cohort) test figures."""
+
+    step: int
+    val_image_auc: float
+    val_subject_auc: float
+    val_loss: float
+    test_image_auc: float
+    test_subject_auc: float
+
+
+def make_config(group: str, variant: str, phantom_seed: int, seed: int, tiny=False):
+    """The group's config with its data settings, the variant's overrides and the seeds."""
+    module, data, overrides = GROUPS[group]
+    c = importlib.import_module(module).get_config("tiny" if tiny else None)
+    for key, value in {**data, **overrides[variant]}.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    c.data.synthetic.seed = phantom_seed
+    c.seed = seed
+    c.train.keep_checkpoints = c.train.num_epochs + 1  # every epoch's checkpoint is scored
+    c.train.checkpoint_every_steps = 0
+    return c
+
+
+def score_epochs(config, workdir: Path) -> list[Epoch]:
+    """Scores every kept checkpoint of a finished run on validation and test."""
+    run = loop._setup(config, workdir, GRAIN)  # resumes at the end: no training happens
+    try:
+        out = []
+        for step in run.ckpt.all_steps():
+            state = run.ckpt.restore(step, run.steps.state)[0]
+            model = scored_model(state)
+            val, _ = loop._evaluate_split(run, model, "validation")
+            test, _ = loop._evaluate_split(run, model, "test")
+            out.append(
+                Epoch(
+                    step,
+                    val["image"]["auc"],
+                    val["subject"]["auc"],
+                    val["loss"],
+                    test["image"]["auc"],
+                    test["subject"]["auc"],
+                )
+            )
+        return out
+    finally:
+        run.ckpt.close()
+        run.writer.close()
+
+
+def choose(epochs: list[Epoch], rule: str) -> Epoch:
+    """The epoch `rule` picks from validation figures only (ties: the earlier epoch)."""
+
+    def best(key):
+        vals = [key(e) for e in epochs]
+        vals = [-math.inf if v is None or math.isnan(v) else v for v in vals]
+        return epochs[int(np.argmax(vals))]
+
+    if rule == "val image AUC":
+        return best(lambda e: e.val_image_auc)
+    if rule == "val subject AUC":
+        return best(lambda e: e.val_subject_auc)
+    if rule == "val loss":
+        return best(lambda e: -e.val_loss)
+    if rule == "smoothed val AUC":
+        smooth = {
+            id(e): np.mean([p.val_image_auc for p in epochs[max(0, i - 1) : i + 1]])
+            for i, e in enumerate(epochs)
+        }
+        return best(lambda e: smooth[id(e)])
+    if rule == "last":
+        return epochs[-1]
+    raise ValueError(rule)
+
+
+def loss_spread(workdir: Path) -> float:
+    """SD of the logged training loss over the second half of training (tensorboard events)."""
+    from tensorboardX.proto import event_pb2
+
+    values = []
+    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            values += [
+                (event.step, v.simple_value) for v in event.summary.value if v.tag == "train/loss"
+            ]
+            pos += 12 + n + 4
+    values.sort()
+    half = [v for _, v in values[len(values) // 2 :]]
+    return float(np.std(half)) if half else math.nan
+
+
+def run_variant(group: str, variant: str, phantom_seed: int, seed: int, root: Path) -> dict:
+    """Trains (or finds) one variant's run and applies every rule to its epochs."""
+    config = make_config(group, variant, phantom_seed, seed, TINY.value)
+    data_dir = root / f"phantom{phantom_seed}" / group
+    config = runs.shared_data(config, data_dir)
+    workdir = data_dir / variant.replace(", ", "_").replace(" ", "_") / f"seed_{seed}"
+    runs.Runner()(config, workdir)
+    epochs = score_epochs(config, workdir)
+    row = {"group": group, "variant": variant, "seed": seed, "phantom_seed": phantom_seed}
+    row["epochs"] = [dataclasses.asdict(e) for e in epochs]
+    row["loss_sd_second_half"] = loss_spread(workdir)
+    for rule in RULES:
+        e = choose(epochs, rule)
+        row[rule] = {
+            "step": e.step,
+            "test_subject_auc": e.test_subject_auc,
+            "test_image_auc": e.test_image_auc,
+        }
+    return row
+
+
+def report(rows: list[dict]) -> str:
+    """The Markdown report: per variant the mean test AUCs over seeds for each rule."""
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        "# Training-recipe study",
+        "",
+        f"Embedded generator, phantom seed {rows[0]['phantom_seed']} (not a benchmark cohort), "
+        f"training seeds {seeds}. Each cell: mean test subject AUC / test image AUC over the "
+        "seeds, of the epoch each rule picks from the validation split. `loss SD`: SD of the "
+        "training loss over the second half of training (lower = steadier).",
+        "",
+        "| group | variant | " + " | ".join(RULES) + " | loss SD | val image AUC by epoch |",
+        "|---|---|" + "---|" * (len(RULES) + 2),
+    ]
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["group"], r["variant"]), []).append(r)
+    for (group, variant), rs in keyed.items():
+        cells = []
+        for rule in RULES:
+            s = np.nanmean([r[rule]["test_subject_auc"] for r in rs])
+            i = np.nanmean([r[rule]["test_image_auc"] for r in rs])
+            cells.append(f"{s:.3f} / {i:.3f}")
+        sd = np.nanmean([r["loss_sd_second_half"] for r in rs])
+        curve = " ".join(f"{e['val_image_auc']:.2f}" for e in rs[0]["epochs"])
+        lines.append(f"| {group} | {variant} | " + " | ".join(cells) + f" | {sd:.3f} | {curve} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    root, out = Path(WORKDIR.value), Path(OUT.value)
+    results_path = out / "recipe.json"
+    rows = json.loads(results_path.read_text())["rows"] if results_path.is_file() else []
+    for group in GROUP_FLAG.value:
+        for variant in GROUPS[group][2]:
+            if VARIANTS.value and variant not in VARIANTS.value.split(";"):
+                continue
+            for seed in [int(s) for s in SEEDS.value]:
+                key = (group, variant, seed, PHANTOM.value)
+                rows = [
+                    r
+                    for r in rows
+                    if (r["group"], r["variant"], r["seed"], r["phantom_seed"]) != key
+                ]
+                logging.info("recipe study: %s / %s / seed %d", group, variant, seed)
+                rows.append(run_variant(group, variant, PHANTOM.value, seed, root))
+                out.mkdir(parents=True, exist_ok=True)
+                payload = {"machine": common.machine(), "rows": rows}
+                atomic.write_text(results_path, json.dumps(payload, indent=1))
+                atomic.write_text(out / "recipe.md", report(rows))
+
+
+if __name__ == "__main__":
+    app.run(main)
