@@ -587,6 +587,10 @@ def test_recipe_settings_fail_before_any_data_work(tmp_path):
         config[section][name] = value
         with pytest.raises(ValueError, match=match):
             loop.train_and_evaluate(config, tmp_path, pipeline=NoData())
+    config = tiny_config()
+    config.model.norm, config.model.init_from = "group", str(tmp_path / "medicalnet.pth")
+    with pytest.raises(ValueError, match="PyTorch weights carry BatchNorm statistics"):
+        loop.train_and_evaluate(config, tmp_path, pipeline=NoData())
 
 
 def test_balanced_sampling_trains_with_unit_class_weights():

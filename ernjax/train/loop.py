@@ -74,10 +74,12 @@ def _check_settings(config) -> SelectMetric:
         raise ValueError(f"config.train.ema_decay={t.ema_decay}: expected 0 (off) or in (0, 1)")
     if config.model.norm not in NORMS:
         raise ValueError(f"config.model.norm={config.model.norm!r}: expected one of {NORMS}")
-    if config.model.init_from and config.model.norm != "batch":
+    pytorch_weights = config.model.init_from and not Path(config.model.init_from).is_dir()
+    if pytorch_weights and config.model.norm != "batch":  # an ernjax run has its own norm
         raise ValueError(
-            f"config.model.norm={config.model.norm!r} with config.model.init_from: pretrained "
-            "weights carry BatchNorm statistics; use norm='batch' to load them"
+            f"config.model.norm={config.model.norm!r} with config.model.init_from="
+            f"{config.model.init_from}: PyTorch weights carry BatchNorm statistics; use "
+            "--config.model.norm=batch to load them"
         )
     n = jax.device_count()
     for name in ("train.batch_size", "eval.batch_size"):
