@@ -55,6 +55,7 @@ GROUPS = {
             "mask roi, minmax": {**MASK, "data.normalize": "minmax"},
             "mask roi, jitter 0.1": {**MASK, "data.augment.intensity": 0.1},
             "mask roi, lr 2e-3": {**MASK, "train.learning_rate": 2e-3},
+            "mask roi, warmup 3 epochs": {**MASK, "train.warmup_epochs": 3.0},
         },
     ),
     "3d_mask": (
@@ -65,6 +66,7 @@ GROUPS = {
             "groupnorm": {"model.norm": "group"},
             "groupnorm, EMA 0.99": {"model.norm": "group", "train.ema_decay": 0.99},
             "batchnorm, balanced": {"train.sampling": "balanced"},
+            "groupnorm, warmup 3 epochs": {"model.norm": "group", "train.warmup_epochs": 3.0},
         },
     ),
     "3d_brain": (
@@ -251,7 +253,10 @@ def report(rows: list[dict]) -> str:
         "|---|---|" + "---|" * (len(RULES) + 2),
     ]
     keyed = {}
-    for r in rows:
+    order = [(g, v) for g, (_, _, variants) in GROUPS.items() for v in variants]
+    order = {key: i for i, key in enumerate(order)}
+    ranked = sorted(rows, key=lambda r: order.get((r["group"], r["variant"]), len(order)))
+    for r in ranked:
         keyed.setdefault((r["group"], r["variant"]), []).append(r)
     for (group, variant), rs in keyed.items():
         cells = []

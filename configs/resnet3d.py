@@ -38,7 +38,8 @@ def get_config(arg: str | None = None):
     # 0.28 against 0.22), so 1e-4 stays. Balanced sampling (BatchNorm, mask ROI: 0.94 either way)
     # and weight averaging (EMA 0.99: 0.72 against 0.76) did not help, so neither is on; the
     # scored checkpoint stays the best by validation AUC (the lowest validation loss picked
-    # 0.54 and 0.90 where it picked 0.76 and 0.92, whole brain and mask ROI).
+    # 0.54 and 0.90 where it picked 0.76 and 0.92, whole brain and mask ROI; the last epoch
+    # 0.70 and 0.90).
     c.train.learning_rate = 1e-4
     c.train.schedule = "cosine"
     c.eval.batch_size = 8
