@@ -14,7 +14,8 @@ every run with its CIs). The setups are the configs as shipped, with only the in
 Subject level first: besides each cohort's mean over seeds, the test subjects of all cohorts
 are pooled (different patients, so independent), each subject's probability averaged over the
 training seeds, and that pooled AUC gets a DeLong CI and a DeLong test against radiomics on the
-same subjects. Written to OUT/learning.{json,md}, stamped with the machine.
+same subjects. Written to OUT/learning.{json,md}, stamped with the machine, and each cohort's
+repeat.md (every run with its CIs) to OUT/learning/<setup>_phantom_<p>.md.
 """
 
 import importlib
@@ -140,7 +141,8 @@ def report(results: dict, machine: dict, seeds) -> str:
         + " | pooled subjects | pooled network AUC (CI) | pooled radiomics AUC (CI) | p |",
         "|---|" + "---|" * (len(phantoms) + 4),
     ]
-    for setup, r in results.items():
+    for setup in [s for s in SETUPS if s in results]:
+        r = results[setup]
         cells = []
         for p in phantoms:
             c = r["cohorts"].get(p, {})
@@ -174,6 +176,9 @@ def main(argv):
     for setup in sorted(FLAGS.setups, key=lambda s: s.endswith("brain")):
         logging.info("learning benchmark: %s", setup)
         results[setup] = run_setup(setup, phantoms, seeds, root, FLAGS.tiny)
+        for p in phantoms:
+            text = (root / setup / f"phantom_{p}" / "repeat.md").read_text()
+            atomic.write_text(out / "learning" / f"{setup}_phantom_{p}.md", text)
         machine = common.machine()
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, json.dumps({"machine": machine, "results": results}, indent=1))
