@@ -31,7 +31,7 @@ from ernjax.baselines import radiomics
 from ernjax.evaluate import predictions, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.studies import repeat
+from ernjax.studies import crossval, repeat
 
 FLAGS = flags.FLAGS
 
@@ -58,23 +58,6 @@ def test_predictions(workdir: Path, phantom: int) -> Predictions:
     return Predictions([f"p{phantom}/{s}" for s in p.subject_id], p.label, p.probs, p.class_names)
 
 
-def seed_mean(preds: list[Predictions]) -> Predictions:
-    """The examples' probabilities averaged over runs that predicted the same examples."""
-    assert all(p.subject_id == preds[0].subject_id for p in preds)
-    probs = np.mean([p.probs for p in preds], axis=0)
-    return Predictions(preds[0].subject_id, preds[0].label, probs, preds[0].class_names)
-
-
-def pooled(parts: list[Predictions]) -> Predictions:
-    """The examples of several cohorts' predictions, one after the other."""
-    return Predictions(
-        [s for p in parts for s in p.subject_id],
-        np.concatenate([p.label for p in parts]),
-        np.concatenate([p.probs for p in parts]),
-        parts[0].class_names,
-    )
-
-
 def run_setup(setup: str, phantoms, seeds, root: Path, tiny: bool = False) -> dict:
     """Repeats the setup on every cohort; returns its per-cohort and pooled figures."""
     out = {"cohorts": {}, "pooled": {}}
@@ -90,7 +73,9 @@ def run_setup(setup: str, phantoms, seeds, root: Path, tiny: bool = False) -> di
             "network_subject_auc": [flat[f"seed_{s}.test.subject.auc"] for s in seeds],
             "network_image_auc_mean": flat["mean.test.image.auc"],
         }
-        network.append(seed_mean([test_predictions(work / f"seed_{s}", p) for s in seeds]))
+        members = [test_predictions(work / f"seed_{s}", p) for s in seeds]
+        positive = ScoringPolicy.from_config(config.eval, members[0].class_names).positive
+        network.append(crossval.ensemble_predictions(members, positive, "mean"))
         base_dir = root / mask_setup / f"phantom_{p}" / radiomics.MODEL_NAME
         if (base_dir / "predictions_test.csv").is_file():
             base = test_predictions(base_dir, p)
@@ -98,12 +83,12 @@ def run_setup(setup: str, phantoms, seeds, root: Path, tiny: bool = False) -> di
             baseline.append(base)
     config = setup_config(setup, phantoms[0], tiny)
     scoring = ScoringPolicy.from_config(config.eval, network[0].class_names)
-    net = pooled(network)
+    net = crossval.concat(network)
     y, s = scoring.roc_data(net, "subject")
     out["pooled"]["subjects"] = int(len(y))
     out["pooled"]["network"] = _auc_ci(y, s, config)
     if len(baseline) == len(network):
-        base = pooled(baseline)
+        base = crossval.concat(baseline)
         yb, sb = scoring.roc_data(base, "subject")
         assert np.array_equal(y, yb)
         out["pooled"]["radiomics"] = _auc_ci(yb, sb, config)

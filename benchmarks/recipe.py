@@ -141,27 +141,20 @@ def score_epochs(config, workdir: Path) -> list[Epoch]:
 
 def choose(epochs: list[Epoch], rule: str) -> Epoch:
     """The epoch `rule` picks from validation figures only (ties: the earlier epoch)."""
-
-    def best(key):
-        vals = [key(e) for e in epochs]
-        vals = [-math.inf if v is None or math.isnan(v) else v for v in vals]
-        return epochs[int(np.argmax(vals))]
-
-    if rule == "val image AUC":
-        return best(lambda e: e.val_image_auc)
-    if rule == "val subject AUC":
-        return best(lambda e: e.val_subject_auc)
-    if rule == "val loss":
-        return best(lambda e: -e.val_loss)
-    if rule == "smoothed val AUC":
-        smooth = {
-            id(e): np.mean([p.val_image_auc for p in epochs[max(0, i - 1) : i + 1]])
-            for i, e in enumerate(epochs)
-        }
-        return best(lambda e: smooth[id(e)])
     if rule == "last":
         return epochs[-1]
-    raise ValueError(rule)
+    auc = [e.val_image_auc for e in epochs]
+    values = {
+        "val image AUC": auc,
+        "val subject AUC": [e.val_subject_auc for e in epochs],
+        "val loss": [-e.val_loss for e in epochs],
+        # The mean of each epoch's and the one before's.
+        "smoothed val AUC": [np.mean(auc[max(0, i - 1) : i + 1]) for i in range(len(auc))],
+    }
+    if rule not in values:
+        raise ValueError(rule)
+    vals = [-math.inf if v is None or math.isnan(v) else v for v in values[rule]]
+    return epochs[int(np.argmax(vals))]
 
 
 def run_dir(root: Path, phantom_seed: int, group: str, variant: str, seed: int) -> Path:

@@ -1,10 +1,12 @@
-"""benchmarks.recipe and benchmarks.learning: the rules and poolings their tables rest on."""
+"""benchmarks.recipe and benchmarks.learning: the rules and poolings their tables rest on
+(benchmarks.learning pools with `crossval.ensemble_predictions` and `crossval.concat`)."""
 
 import numpy as np
 import pytest
 
-from benchmarks import learning, recipe
+from benchmarks import recipe
 from ernjax.evaluate.predictions import Predictions
+from ernjax.studies import crossval
 
 CLASSES = ("necrosis", "recurrence")
 
@@ -51,7 +53,7 @@ def _preds(ids, labels, p):
 def test_pooling_keeps_cohorts_apart_and_averages_seeds():
     a = _preds(["s1", "s1", "s2"], [1, 1, 0], [0.8, 0.6, 0.3])
     b = _preds(["s1", "s1", "s2"], [1, 1, 0], [0.6, 0.4, 0.5])
-    mean = learning.seed_mean([a, b])
+    mean = crossval.ensemble_predictions([a, b], positive=1, method="mean")
     np.testing.assert_allclose(mean.probs[:, 1], [0.7, 0.5, 0.4])
-    both = learning.pooled([mean, mean])
+    both = crossval.concat([mean, mean])
     assert len(both) == 6 and both.label.tolist() == [1, 1, 0, 1, 1, 0]

@@ -76,7 +76,7 @@ def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
     the pooled out-of-fold metrics are the result, and there is no ensemble.
     """
     fold_dirs = [workdir / f"fold_{f}" for f in range(k)]
-    val = [predictions.read_csv(d / "predictions_validation.csv") for d in fold_dirs]
+    val = fold_validation_predictions(workdir, k)
     has_test = all((d / "predictions_test.csv").exists() for d in fold_dirs)
     test = [predictions.read_csv(d / "predictions_test.csv") for d in fold_dirs] if has_test else []
     scoring = ScoringPolicy.from_config(config.eval, val[0].class_names)
@@ -120,12 +120,20 @@ def delong_against(config, workdir, others, k: int) -> str:
         folds = [d / f"fold_{f}" / "predictions_validation.csv" for f in range(k)]
         if missing := [str(f) for f in folds if not f.is_file()]:
             raise InputError("", missing[0], f"{name} has not finished its {k} folds")
-        pooled[name] = concat([predictions.read_csv(f) for f in folds])
+        pooled[name] = concat(fold_validation_predictions(d, k))
     scoring = ScoringPolicy.from_config(config.eval, pooled[workdir.name].class_names)
     table = compare.delong_table(pooled, list(dirs), scoring, split="pooled out-of-fold")
     atomic.write_text(workdir / "delong_out_of_fold.md", table)
     print(table, flush=True)
     return table
+
+
+def fold_validation_predictions(workdir, k: int) -> list[Predictions]:
+    """Each fold's out-of-fold (validation) predictions, in fold order."""
+    return [
+        predictions.read_csv(Path(workdir) / f"fold_{f}" / "predictions_validation.csv")
+        for f in range(k)
+    ]
 
 
 def concat(parts: list[Predictions]) -> Predictions:
