@@ -144,7 +144,7 @@ def train_iterator(config, info: DataInfo, *, global_batch: int) -> grain.PyGrai
       [local_batch, *image_shape], label int32, subject_id str, valid bool.
     """
     parts = info.parts["train"]
-    if config.train.get("sampling", "shuffle") == "balanced":
+    if config.train.sampling == "balanced":
         index = records_lib.open_records(info.records_dir).index["splits"]
         labels = [index[s]["label"][i] for s, i in parts]
         parts = balanced_parts(parts, labels, len(info.class_names), config.seed)

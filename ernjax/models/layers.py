@@ -177,11 +177,16 @@ NORMS = ("batch", "group", "instance")
 _NORM = contextvars.ContextVar("ernjax_norm", default="batch")
 
 
+def check_norm(kind: str) -> None:
+    """Raises ValueError, naming `config.model.norm`, unless `kind` is one of NORMS."""
+    if kind not in NORMS:
+        raise ValueError(f"config.model.norm={kind!r}: expected one of {', '.join(NORMS)}")
+
+
 @contextlib.contextmanager
 def norm_kind(kind: str):
     """Within the block, `norm_layer` builds `kind` layers: "batch", "group" or "instance"."""
-    if kind not in NORMS:
-        raise ValueError(f"config.model.norm={kind!r}: expected one of {', '.join(NORMS)}")
+    check_norm(kind)
     token = _NORM.set(kind)
     try:
         yield

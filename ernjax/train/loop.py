@@ -27,7 +27,7 @@ from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
-from ernjax.models.layers import NORMS
+from ernjax.models.layers import check_norm
 from ernjax.train.logs import StepLog, Writer
 from ernjax.train.steps import Steps, build_training, create_model, device_batch, scored_model
 
@@ -72,8 +72,7 @@ def _check_settings(config) -> SelectMetric:
         raise ValueError(f"config.train.sampling={t.sampling!r}: expected 'shuffle' or 'balanced'")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ValueError(f"config.train.ema_decay={t.ema_decay}: expected 0 (off) or in (0, 1)")
-    if config.model.norm not in NORMS:
-        raise ValueError(f"config.model.norm={config.model.norm!r}: expected one of {NORMS}")
+    check_norm(config.model.norm)  # before the records are built, as the rest here
     pytorch_weights = config.model.init_from and not Path(config.model.init_from).is_dir()
     if pytorch_weights and config.model.norm != "batch":  # an ernjax run has its own norm
         raise ValueError(

@@ -115,7 +115,7 @@ def build_steps(
 
     state = {"model": model_state, "opt": opt_state}
     if ema_decay > 0:
-        state["ema"] = jax.tree.map(lambda x: x, model_state)
+        state["ema"] = model_state  # `replicate` places each leaf in a buffer of its own
     state = replicate(state, replicated)
     return Steps(
         state=state,
@@ -197,8 +197,8 @@ def build_training(config, model: nnx.Module, class_counts, steps_per_epoch: int
     schedule = learning_rate_schedule(config.train, steps_per_epoch)
     optimizer = nnx.Optimizer(model, make_optimizer(config.train, schedule), wrt=nnx.Param)
     explicit = tuple(config.train.class_weights)
-    if config.train.get("sampling", "shuffle") == "balanced" and not explicit:
+    if config.train.sampling == "balanced" and not explicit:
         explicit = (1.0,) * len(class_counts)  # the sampler balances the classes already
     weights = class_weights(class_counts, explicit)
-    steps = build_steps(model, optimizer, weights, make_mesh(), config.train.get("ema_decay", 0.0))
+    steps = build_steps(model, optimizer, weights, make_mesh(), config.train.ema_decay)
     return steps, schedule, weights
