@@ -135,8 +135,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = e = ml_collections.ConfigDict()
     e.batch_size = 64
     e.positive_class = "recurrence"  # printed beside every sensitivity/specificity
-    e.ci_method = "wilson"  # proportions: "wilson", "wilson_cc", "exact" (Clopper-Pearson), "wald"
-    e.auc_ci = "delong"  # "delong" or "bootstrap" (resamples subjects, not slices)
+    # 95 % CIs. Subject-level rows (one row per patient, independent): proportions by ci_method
+    # ("wilson", "wilson_cc", "exact" Clopper-Pearson, "wald"), AUC by auc_ci ("delong", or
+    # "bootstrap" over subjects), F1 by the subject bootstrap.
+    e.ci_method = "wilson"
+    e.auc_ci = "delong"
+    # Image-level rows: the slices of one patient are correlated, so every image metric's interval
+    # by default resamples subjects ("subject_bootstrap": percentile, stratified by class, a
+    # subject's slices together; n_bootstrap replicates). "independent" applies ci_method and
+    # auc_ci as if each slice were its own patient: too narrow, kept for older papers' tables
+    # (benchmarks/clustered_ci.py measures both: benchmarks/results/clustered_ci.md).
+    e.image_ci = "subject_bootstrap"
     e.subject_method = "mean"  # "mean" (Gao), "predictive_index" (Shin), "majority"
     e.tune_threshold = False  # True: image cut-off by Youden's J on validation (never on test)
     e.n_bootstrap = 1000

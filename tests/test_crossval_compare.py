@@ -163,6 +163,11 @@ def test_compare_runs_every_model_and_channel_set(tmp_path, fake_train):
     ]
     table = (tmp_path / "compare.md").read_text()
     assert "ern_tiny t1c subject" in table and "(95% CI)" in table
+    # Subject rows lead (every run's), image rows follow; the rows' notes close the table.
+    rows = [line.split(" | ")[0][2:] for line in table.splitlines()[2:10]]
+    assert rows == [f"{n} {level}" for level in ("subject", "image") for n in results]
+    assert "image rows: percentile bootstrap over subjects" in table
+    assert "\nNotes:\n- " in table and "small sample" in table
     delong = (tmp_path / "delong.md").read_text()
     assert delong.count("| image |") == 3 and delong.count("| subject |") == 3
     assert "necrosis" in (tmp_path / "ttests.md").read_text()

@@ -323,9 +323,16 @@ def test_flatten_keys_and_cis():
     assert flat["test.image.auc"] == r["image"]["auc"]
     assert flat["test.subject.auc_ci_low"] == r["subject"]["auc_ci"][0]
     assert flat["test.image.sensitivity_ci_high"] == r["image"]["sensitivity_ci"][1]
-    assert all(isinstance(v, float) for v in flat.values())
-    assert not any(k.endswith(("notes", "positive_class", "auc_ci")) for k in flat)
+    assert flat["test.subject.f1_ci_low"] == r["subject"]["f1_ci"][0]
+    # The notes travel with the numbers (9 subjects: a small sample), as lists of str.
+    assert flat["test.subject.notes"] == r["subject"]["notes"]
+    assert any("small sample: 9 subjects" in n for n in flat["test.subject.notes"])
+    numbers = {k: v for k, v in flat.items() if not k.endswith(".notes")}
+    assert all(isinstance(v, float) for v in numbers.values())
+    assert not any(k.endswith(("positive_class", "auc_ci", "ci_method")) for k in flat)
     assert reporting.flatten(r["image"], "val")["val.n"] == r["image"]["n"]
+    back = reporting.unflatten(flat, "test")
+    assert back["subject"]["notes"] == r["subject"]["notes"]
 
 
 def test_table_formats_name_the_positive_class():
@@ -340,14 +347,21 @@ def test_table_formats_name_the_positive_class():
     md = reporting.format_table(results, fmt="markdown")
     for table in (text, md):
         assert "Sensitivity [positive: recurrence]" in table and "ERN-Net T1c subject" in table
-        assert "Wilson" in table and "DeLong" in table
-    m = results["ERN-Net T1c"]["image"]
+        assert "subject rows: Wilson for proportions, DeLong for AUC" in table
+        assert "image rows: percentile bootstrap over subjects (stratified by class)" in table
+        assert "small sample: 12 subjects (8 recurrence, 4 necrosis)" in table
+    m = results["ERN-Net T1c"]["subject"]
     lo, hi = m["auc_ci"]
     assert f"{m['auc']:.3f} ({lo:.3f}-{hi:.3f})" in md
-    assert md.splitlines()[1].startswith("| --- |") and len(md.splitlines()) == 8
+    lines = md.splitlines()
+    assert lines[1].startswith("| --- |") and lines[6] == "" and lines[8:10] == ["", "Notes:"]
+    # Subject rows lead, then image rows, each in the order of the results.
+    names = [line.split(" | ")[0][2:] for line in lines[2:6]]
+    assert names == [f"{n} {lvl}" for lvl in ("subject", "image") for n in results]
     rows = list(csv.DictReader(io.StringIO(reporting.format_table(results, fmt="csv"))))
     assert len(rows) == 4 and rows[0]["positive_class"] == "recurrence"
     assert float(rows[0]["auc_ci_low"]) == lo and int(rows[1]["n"]) == 12
+    assert int(rows[2]["n"]) == 36 and "small sample" in rows[0]["notes"]
     ying = ev.evaluate_predictions(probs, labels, ids, positive=0, class_names=CLASSES)
     mixed = reporting.format_table({"gao": results["ERN-Net T1c"], "ying": ying}, fmt="markdown")
     assert "positive class" in mixed and "| ying image | necrosis |" in mixed

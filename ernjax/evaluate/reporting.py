@@ -3,6 +3,11 @@
 Gao 2020 Tables 3-4 give "Sensitivity (95% CI)", "Specificity (95% CI)", "Accuracy (95% CI)" and
 "Area under the curve (95% CI)" per model and MRI sequence, as "0.915 (0.895-0.932)"; Ying 2025
 Tables 5-6 give one-sample t tests per model. Numbers only; no statistics are computed here.
+
+Subject-level rows lead every table (one row per patient: the figures to believe), image-level
+rows follow; each table ends with the CI methods per level and the notes of its rows in words
+(undefined values, zero-width intervals, constant scores, small samples). The notes also travel
+in the flat results (`flatten`, so results.json) and in `summary_line` (the log line).
 """
 
 from __future__ import annotations
@@ -38,14 +43,17 @@ _CI_NAMES = {
     "wald": "Wald",
     "delong": "DeLong",
     "bootstrap": "bootstrap over subjects",
+    "subject_bootstrap": "percentile bootstrap over subjects (stratified by class)",
 }
+LEVELS = ("subject", "image")  # the order of rows: subject-level first
 
 
-def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
+def flatten(results: Mapping, prefix: str = "") -> dict[str, float | list[str]]:
     """Nested results as flat "a.b.c" -> float, e.g. for TensorBoard or a CSV row.
 
-    A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; strings and notes are left
-    out, numbers (ints, bools, NaN included) become floats.
+    A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; numbers (ints, bools, NaN
+    included) become floats. "notes" stay, as lists of str ("test.image.notes"), so that the
+    caveats travel with the numbers into results.json; other strings are left out.
 
     Args:
       results: nested mappings, e.g. {"test": evaluate_predictions(...)}.
@@ -59,6 +67,8 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float]:
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             out.update(flatten(value, name))
+        elif key == "notes":
+            out[name] = [str(n) for n in value]
         elif str(key).endswith("_ci") and isinstance(value, Sequence | np.ndarray):
             out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in value)
         elif isinstance(value, numbers.Real):
@@ -70,8 +80,8 @@ def unflatten(flat: Mapping[str, float | None], prefix: str = "") -> dict:
     """The nested metrics of `flatten`'s output (e.g. a results.json), for `format_table`.
 
     "<name>_ci_low" and "<name>_ci_high" become the pair "<name>_ci"; None (NaN written as null)
-    becomes NaN; the counts (n, n_positive, tp, ...) become ints again. The strings `flatten`
-    leaves out (positive_class, the CI methods) stay out.
+    becomes NaN; the counts (n, n_positive, tp, ...) become ints again; "notes" lists stay. The
+    strings `flatten` leaves out (positive_class, the CI methods) stay out.
 
     Args:
       flat: {"test.subject.auc": 0.91, "test.subject.auc_ci_low": 0.85, ...}.
@@ -83,12 +93,16 @@ def unflatten(flat: Mapping[str, float | None], prefix: str = "") -> dict:
     lead = f"{prefix}." if prefix else ""
     out: dict = {}
     for key, value in flat.items():
-        if not key.startswith(lead) or not isinstance(value, numbers.Real | None):
+        is_notes = key.endswith(".notes") and isinstance(value, list)
+        if not key.startswith(lead) or not (is_notes or isinstance(value, numbers.Real | None)):
             continue
         *path, leaf = key[len(lead) :].split(".")
         node = out
         for part in path:
             node = node.setdefault(part, {})
+        if is_notes:
+            node[leaf] = [str(n) for n in value]
+            continue
         value = math.nan if value is None else float(value)
         for end, i in (("_ci_low", 0), ("_ci_high", 1)):
             if leaf.endswith(end):
@@ -140,14 +154,24 @@ def format_skipped(skipped: Sequence[Mapping]) -> str:
 
 
 def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[str, Mapping]]:
-    """(row name, metrics) pairs: "name level" for evaluate_predictions output, else "name"."""
-    rows = []
-    for name, res in results.items():
-        if "auc" in res:
-            rows.append((str(name), res))
-        else:
-            rows.extend((f"{name} {lvl}", res[lvl]) for lvl in levels if lvl in res)
-    return rows
+    """(row name, metrics) pairs: level by level ("name level"), then single-level results.
+
+    Every result's subject row comes before any image row (with the default `levels`); results
+    that are one level's metrics already keep their name and come last.
+    """
+    rows = [(str(n), r) for n, r in results.items() if "auc" in r]
+    nested = [(n, r) for n, r in results.items() if "auc" not in r]
+    by_level = [(f"{n} {lvl}", r[lvl]) for lvl in levels for n, r in nested if lvl in r]
+    return by_level + rows
+
+
+def row_notes(rows: Sequence[tuple[str, Mapping]]) -> list[str]:
+    """Each distinct note once, with the rows it applies to: "ern subject, ern image: <note>"."""
+    where: dict[str, list[str]] = {}
+    for name, m in rows:
+        for note in m.get("notes") or ():
+            where.setdefault(str(note), []).append(name)
+    return [f"{', '.join(names)}: {note}" for note, names in where.items()]
 
 
 def _number(value, digits: int) -> str:
@@ -191,7 +215,7 @@ def format_table(
     *,
     fmt: str = "text",
     columns: Sequence[str] = DEFAULT_COLUMNS,
-    levels: Sequence[str] = ("image", "subject"),
+    levels: Sequence[str] = LEVELS,
     digits: int = 3,
 ) -> str:
     """A table of metrics with CIs, one row per result and level (Gao 2020 Table 4 layout).
@@ -201,10 +225,12 @@ def format_table(
         or -> one level's metrics (row "<name>"). Names can carry model and sequence, e.g.
         "ERN-Net T1c".
       fmt: "text", "markdown" or "csv". Text and Markdown show "0.915 (0.895-0.932)" and end with
-        a line naming the positive class and the CI methods; CSV has one number per cell
-        ("<metric>", "<metric>_ci_low", "<metric>_ci_high") and a positive_class column.
+        a line naming the positive class and the CI methods of each level, then the rows' notes,
+        one line each; CSV has one number per cell ("<metric>", "<metric>_ci_low",
+        "<metric>_ci_high"), a positive_class column and a notes column ("; "-joined).
       columns: metric keys, in order.
-      levels: which levels of `evaluate_predictions` output to show.
+      levels: which levels of `evaluate_predictions` output to show, in row order (all subject
+        rows, then all image rows, by default).
       digits: decimals (Gao reports 3).
 
     Returns:
@@ -218,9 +244,10 @@ def format_table(
             header += [col, f"{col}_ci_low", f"{col}_ci_high"]
         flat = [(name, flatten(m)) for name, m in rows]
         body = [[name, str(m.get("positive_class", ""))] for name, m in rows]
-        for cells, (_, f) in zip(body, flat, strict=True):
+        for cells, (_, f), (_, m) in zip(body, flat, rows, strict=True):
             cells += [_csv_number(f.get(key, math.nan)) for key in header[2:]]
-        return _render(header, body, fmt)
+            cells.append("; ".join(m.get("notes") or ()))
+        return _render(header + ["notes"], body, fmt)
     one_positive = len(positives) == 1
     header = ["", "n (positive)"] + [_TITLES.get(c, c) + " (95% CI)" for c in columns]
     for i, col in enumerate(columns):
@@ -233,21 +260,55 @@ def format_table(
         count = f"{m.get('n', '?')} ({m.get('n_positive', '?')})"
         cells = [name] + ([] if one_positive else [str(m.get("positive_class", "?"))])
         body.append(cells + [count] + [_cell(m, c, digits) for c in columns])
-    return _render(header, body, fmt) + _footnote(rows, positives)
+    notes = row_notes(rows)
+    lead = "- " if fmt == "markdown" else "  "
+    listed = "".join(f"{lead}{n}\n" for n in notes)
+    return (
+        _render(header, body, fmt)
+        + _footnote(rows, positives)
+        + (f"\nNotes:\n{listed}" if notes else "")
+    )
+
+
+def ci_description(m: Mapping) -> str:
+    """One level's CI methods in words: "Wilson for proportions, DeLong for AUC, ... for F1"."""
+
+    def name(key):
+        return _CI_NAMES.get(m.get(key), m.get(key, "?"))
+
+    proportion, auc, f1 = name("ci_method"), name("auc_ci_method"), name("f1_ci_method")
+    if proportion == auc == f1:
+        return f"{proportion}, every metric"
+    return f"{proportion} for proportions, {auc} for AUC, {f1} for F1"
 
 
 def _footnote(rows, positives) -> str:
-    """The positive class and the CI methods, as the papers' table footnotes give them."""
+    """The positive class and the CI methods of each level, as the papers' footnotes give them."""
     if not rows:
         return ""
-    m = rows[0][1]
-    level = m.get("confidence", 0.95)
-    proportion = _CI_NAMES.get(m.get("ci_method"), m.get("ci_method", "?"))
-    auc = _CI_NAMES.get(m.get("auc_ci_method"), m.get("auc_ci_method", "?"))
+    confidence = rows[0][1].get("confidence", 0.95)
+    described: dict[str, str] = {}
+    for name, m in rows:
+        level = m.get("level") or name.rsplit(" ", 1)[-1]
+        described.setdefault(f"{level} rows" if level in LEVELS else name, ci_description(m))
+    methods = "; ".join(f"{who}: {how}" for who, how in described.items())
     return (
-        f"\nPositive class: {', '.join(positives)}. {level:.0%} CIs: {proportion} for proportions,"
-        f" {auc} for AUC. n/a: undefined (e.g. one class only).\n"
+        f"\nPositive class: {', '.join(positives)}. {confidence:.0%} CIs, {methods}. n/a: "
+        f"undefined (e.g. one class only).\n"
     )
+
+
+def summary_line(results: Mapping) -> str:
+    """One log line of an `evaluate_predictions` result: subject AUC first, then image, notes.
+
+    E.g. "12 subjects, 156 images: subject AUC 1.000 (1.000-1.000), image AUC 0.930
+    (0.870-0.975); notes: subject: small sample: ...".
+    """
+    parts = [f"{lvl} AUC {_cell(results[lvl], 'auc', 3)}" for lvl in LEVELS if lvl in results]
+    notes = [f"{lvl}: {n}" for lvl in LEVELS for n in results.get(lvl, {}).get("notes") or ()]
+    image = results.get("image", {})
+    head = f"{image.get('n_subjects', '?')} subjects, {image.get('n', '?')} images: "
+    return head + ", ".join(parts) + (f"; notes: {' | '.join(notes)}" if notes else "")
 
 
 def metric_label(key: str) -> str:

@@ -16,6 +16,7 @@ argmax for two classes, and the subject rule's own default, `stats.default_subje
 """
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ class ScoringPolicy:
       positive: index of the positive class.
       subject_method: "mean", "predictive_index" or "majority" (`stats.aggregate_by_subject`).
       tune_threshold: choose the image cut-off by Youden's J on validation (else the default).
-      ci_method, auc_ci, confidence, n_bootstrap: the confidence intervals (`config.eval`).
+      ci_method, auc_ci, image_ci, confidence, n_bootstrap: the confidence intervals
+        (`config.eval`; `stats.level_ci_methods` says which metric gets which).
     """
 
     class_names: tuple[str, ...]
@@ -42,6 +44,7 @@ class ScoringPolicy:
     tune_threshold: bool = False
     ci_method: str = "wilson"
     auc_ci: str = "delong"
+    image_ci: str = stats.IMAGE_CI_METHODS[0]
     confidence: float = 0.95
     n_bootstrap: int = 1000
 
@@ -51,7 +54,8 @@ class ScoringPolicy:
 
         Args:
           eval_config: `config.eval` (positive_class, subject_method, tune_threshold, ci_method,
-            auc_ci, confidence, n_bootstrap).
+            auc_ci, image_ci, confidence, n_bootstrap). A config saved before image_ci existed
+            gets the default, the subject bootstrap.
           class_names: the class names, in class-index order (the data's or the predictions').
 
         Raises:
@@ -70,6 +74,7 @@ class ScoringPolicy:
             tune_threshold=bool(e.tune_threshold),
             ci_method=e.ci_method,
             auc_ci=e.auc_ci,
+            image_ci=e.get("image_ci", stats.IMAGE_CI_METHODS[0]),
             confidence=float(e.confidence),
             n_bootstrap=int(e.n_bootstrap),
         )
@@ -115,9 +120,9 @@ class ScoringPolicy:
           cutoffs: from `cutoffs` on validation predictions ({} or None: the defaults).
 
         Returns:
-          {"image": metrics, "subject": metrics}.
+          {"image": metrics, "subject": metrics}; its summary and notes are logged.
         """
-        return stats.evaluate_predictions(
+        results = stats.evaluate_predictions(
             preds.probs,
             preds.label,
             preds.subject_id,
@@ -126,11 +131,14 @@ class ScoringPolicy:
             subject_method=self.subject_method,
             ci_method=self.ci_method,
             auc_ci=self.auc_ci,
+            image_ci=self.image_ci,
             confidence=self.confidence,
             n_bootstrap=self.n_bootstrap,
             seed=0,
             **(cutoffs or {}),
         )
+        logging.info("scored %s", reporting.summary_line(results))
+        return results
 
     def decide(self, probs: np.ndarray, cutoffs: Mapping | None = None) -> dict:
         """One patient's decision from the class probabilities of their images.

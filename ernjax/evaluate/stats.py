@@ -5,6 +5,14 @@ adds precision and F1 and a subject decision by the "predictive index". Which cl
 setting (Gao: recurrence, Ying: necrosis) and travels with every result. A value that is undefined
 (AUC on a one-class subset, sensitivity without positives) is NaN with a note, never an exception.
 
+Intervals. The slices of one patient are not independent, so image-level intervals come by default
+from a percentile bootstrap that resamples subjects (stratified by class; a subject's slices travel
+together), for every metric; `image_ci="independent"` gives the older Wilson/DeLong intervals that
+treat slices as independent (noted as such). Subject-level rows hold one case per subject: Wilson
+(or `ci_method`) and DeLong (or `auc_ci`) are right there. F1 is no proportion: its interval is the
+subject bootstrap at both levels. Notes also flag zero-width intervals, constant scores and samples
+too small for stable estimates (under about 30 subjects or 10 a class), with the width they imply.
+
 Thresholds are chosen on validation data only: `choose_thresholds(validation...)` returns the
 keyword arguments that `evaluate_predictions(test...)` takes. Tables and ROC figures live in
 `ernjax.evaluate.reporting`.
@@ -25,6 +33,13 @@ from ernjax.errors import InputError
 
 PROPORTION_CI_METHODS = ("wilson", "wilson_cc", "exact", "wald")
 AUC_CI_METHODS = ("delong", "bootstrap")
+# Image-level intervals: resample subjects (the default), or treat the images as independent.
+IMAGE_CI_METHODS = ("subject_bootstrap", "independent")
+BOOTSTRAPPED = ("sensitivity", "specificity", "accuracy", "precision", "f1", "auc")
+# Below these counts (about 30 subjects, 10 of a class) the summary says the sample is small.
+SMALL_SUBJECTS, SMALL_CLASS = 30, 10
+# Scores that vary by less than this (the resolution of predictions_<split>.csv) are constant.
+CONSTANT_SCORE = 1e-6
 SUBJECT_METHODS = ("mean", "predictive_index", "majority")
 NAN = float("nan")
 # The image cut-off when none was chosen on validation data: argmax for two classes, as Gao 2020
@@ -241,8 +256,88 @@ def bootstrap_aucs(y_true, scores, subject_ids, *, n_bootstrap: int = 1000, seed
     if y.all() or not y.any():
         return np.zeros(0)
     _, inverse, counts = bootstrap_subject_counts(y, subject_ids, n_bootstrap, seed)
+    return _replicate_aucs(y, scores, inverse, counts)
+
+
+def _replicate_aucs(y, scores, inverse, counts) -> np.ndarray:
+    """Weighted AUC of each replicate's subject counts [B, S]; image i is in subject inverse[i]."""
     score_bin = np.unique(np.asarray(scores, float), return_inverse=True)[1]
     return np.array([_weighted_auc(score_bin, y, c[inverse].astype(float)) for c in counts])
+
+
+def bootstrap_metrics(
+    y_true, scores, subject_ids, threshold: float = 0.5, *, n_bootstrap=1000, seed=0, auc=True
+) -> dict[str, np.ndarray]:
+    """Every metric of `BOOTSTRAPPED` in each subject-resampled replicate.
+
+    The replicates are those of `bootstrap_subject_counts` (and `bootstrap_aucs`, same seed): a
+    drawn subject brings all its images, so the spread is that of patients, not of slices.
+
+    Args:
+      y_true: [N] bools per image, True for the positive class.
+      scores: [N] positive-class scores; score >= threshold is called positive.
+      subject_ids: [N] subject per image (one row per subject: the ordinary bootstrap).
+      threshold: decision cut-off.
+      n_bootstrap: replicates.
+      seed: seed of `bootstrap_subject_counts`.
+      auc: also the AUC (the slowest part; NaN replicates when False or one class only).
+
+    Returns:
+      {metric: [n_bootstrap] values}, NaN where a replicate leaves a metric undefined.
+    """
+    y = np.asarray(y_true, bool)
+    pred = np.asarray(scores) >= threshold
+    _, inverse, counts = bootstrap_subject_counts(y, subject_ids, n_bootstrap, seed)
+    s = counts.shape[1]
+    tp, fp, tn, fn = (
+        counts @ np.bincount(inverse, m.astype(float), s)
+        for m in (pred & y, pred & ~y, ~pred & ~y, ~pred & y)
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0: undefined in that replicate
+        reps = dict(
+            sensitivity=tp / (tp + fn),
+            specificity=tn / (tn + fp),
+            accuracy=(tp + tn) / (tp + fp + tn + fn),
+            precision=tp / (tp + fp),
+            f1=2 * tp / (2 * tp + fp + fn),
+        )
+    both = y.any() and not y.all()
+    reps["auc"] = _replicate_aucs(y, scores, inverse, counts) if auc and both else tp * NAN
+    return reps
+
+
+def percentile_ci(replicates, confidence: float = 0.95) -> tuple[list[float], int]:
+    """Percentile interval of bootstrap replicates, and how many were undefined (NaN, left out).
+
+    Returns:
+      ([low, high], n_undefined); [nan, nan] when no replicate is defined.
+    """
+    reps = np.asarray(replicates, float)
+    finite = reps[np.isfinite(reps)]
+    if not finite.size:
+        return [NAN, NAN], int(reps.size)
+    low, high = np.quantile(finite, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return [float(low), float(high)], int(reps.size - finite.size)
+
+
+def bootstrap_cis(
+    y_true, scores, subject_ids, threshold, *, names=BOOTSTRAPPED, confidence=0.95, **boot
+) -> tuple[dict[str, list[float]], list[str]]:
+    """Subject-bootstrap percentile intervals of `names` (see `bootstrap_metrics`).
+
+    Returns:
+      ({"<name>_ci": [low, high]}, notes on replicates left out as undefined).
+    """
+    reps = bootstrap_metrics(y_true, scores, subject_ids, threshold, auc="auc" in names, **boot)
+    cis, notes = {}, []
+    for name in names:
+        cis[f"{name}_ci"], undefined = percentile_ci(reps[name], confidence)
+        if 0 < undefined < len(reps[name]):
+            notes.append(
+                f"{name}_ci: {undefined} of {len(reps[name])} bootstrap replicates left out "
+                f"(undefined in them)"
+            )
+    return cis, notes
 
 
 def roc_auc_with_ci(
@@ -279,14 +374,14 @@ def roc_auc_with_ci(
     if method == "bootstrap":
         ids = np.arange(len(y)) if subject_ids is None else subject_ids
         reps = bootstrap_aucs(y, scores, ids, n_bootstrap=n_bootstrap, seed=seed)
-        low, high = np.quantile(reps, [(1 - confidence) / 2, (1 + confidence) / 2])
+        ci = percentile_ci(reps, confidence)[0]
         same = ["auc_ci degenerate: every replicate has the same AUC (too few subjects?)"]
-        return auc, [float(low), float(high)], same if low == high else []
+        return auc, ci, same if ci[0] == ci[1] else []
     _, cov = delong_covariance(y, scores)
     if math.isnan(cov[0, 0]):
         return auc, [NAN, NAN], ["auc_ci undefined: DeLong needs 2 or more cases of each class"]
-    notes = ["auc_ci degenerate: DeLong variance 0 (the classes do not overlap)"]
-    notes = notes if cov[0, 0] <= 1e-15 else []
+    why = "the classes do not overlap" if auc in (0.0, 1.0) else "the scores tie"
+    notes = [f"auc_ci degenerate: DeLong variance 0 ({why})"] if cov[0, 0] <= 1e-15 else []
     half = stats.norm.ppf((1 + confidence) / 2) * math.sqrt(max(cov[0, 0], 0.0))
     return auc, [float(max(0.0, auc - half)), float(min(1.0, auc + half))], notes
 
@@ -470,17 +565,116 @@ def _check(probs, labels, subject_ids, positive, class_names):
     return probs, labels.astype(int), np.asarray(subject_ids).astype(str)
 
 
-def _level_metrics(y, score, groups, threshold, ci_method, auc_ci, confidence, n_bootstrap, seed):
-    """binary_metrics + AUC with its CI + notes, for one level (images or subjects)."""
-    out, notes = binary_metrics(y, score, threshold, ci_method=ci_method, confidence=confidence)
+def level_ci_methods(level: str, *, ci_method="wilson", auc_ci="delong", image_ci=None) -> dict:
+    """Which interval each metric of a level gets (the one place that decides it).
+
+    Args:
+      level: "image" or "subject".
+      ci_method: the proportion method of subject-level rows (and of image rows under
+        image_ci="independent").
+      auc_ci: the AUC method of subject-level rows (and of image rows, likewise).
+      image_ci: "subject_bootstrap" (the default, None) or "independent" (see `IMAGE_CI_METHODS`).
+
+    Returns:
+      {"ci_method", "auc_ci_method", "f1_ci_method"}, as stored with the level's metrics.
+    """
+    image_ci = image_ci or IMAGE_CI_METHODS[0]
+    if image_ci not in IMAGE_CI_METHODS:
+        raise ValueError(f"image CI method {image_ci!r}: expected one of {IMAGE_CI_METHODS}")
+    boot = "subject_bootstrap"
+    if level == "image" and image_ci == boot:
+        return dict(ci_method=boot, auc_ci_method=boot, f1_ci_method=boot)
+    return dict(ci_method=ci_method, auc_ci_method=auc_ci, f1_ci_method=boot)
+
+
+def _level_metrics(y, score, groups, threshold, level, opts: dict):
+    """binary_metrics + AUC with the CIs of `level_ci_methods` + notes, for one level."""
+    methods = level_ci_methods(level, **{k: opts[k] for k in ("ci_method", "auc_ci", "image_ci")})
+    boot = dict(n_bootstrap=opts["n_bootstrap"], seed=opts["seed"])
+    out, notes = binary_metrics(
+        y, score, threshold, ci_method=opts["ci_method"], confidence=opts["confidence"]
+    )
     out["auc"], out["auc_ci"], auc_notes = roc_auc_with_ci(
-        y, score, groups, method=auc_ci, confidence=confidence, n_bootstrap=n_bootstrap, seed=seed
+        y, score, groups, method=opts["auc_ci"], confidence=opts["confidence"], **boot
     )
     out["n_subjects"] = len(np.unique(groups))
-    if auc_ci == "delong" and out["n_subjects"] < out["n"]:
+    clustered = methods["ci_method"] == "subject_bootstrap"
+    if clustered:
+        auc_notes = [n for n in auc_notes if not n.startswith("auc_ci")]  # replaced below
+    names = BOOTSTRAPPED if clustered else ("f1",)
+    cis, boot_notes = bootstrap_cis(
+        y, score, groups, threshold, names=names, confidence=opts["confidence"], **boot
+    )
+    out |= cis
+    if not clustered and out["n_subjects"] < out["n"]:
         notes.append("CIs treat the images as independent; see the subject-wise row for patients")
-    out.update(ci_method=ci_method, auc_ci_method=auc_ci, confidence=confidence)
-    return out, notes + auc_notes
+    out.update(methods, confidence=opts["confidence"], n_bootstrap=opts["n_bootstrap"])
+    notes += auc_notes + boot_notes
+    return out, notes + caveats(out, score, level, notes)
+
+
+def caveats(metrics: dict, score, level: str, notes=()) -> list[str]:
+    """Notes, in words, on constant scores and on zero-width intervals of one level's metrics."""
+    out = []
+    score = np.asarray(score, float)
+    if score.size > 1 and np.ptp(score) < CONSTANT_SCORE:
+        out.append(
+            f"constant scores: every {level} scored {score[0]:.3f}, so the model ranks nothing; "
+            f"its AUC of 0.5 is no evidence and its intervals no precision"
+        )
+    zero = []
+    for name in BOOTSTRAPPED:
+        ci = metrics.get(f"{name}_ci", [NAN, NAN])
+        said = any(n.startswith(f"{name}_ci degenerate") for n in notes)
+        if ci[0] == ci[1] and not said:  # NaN == NaN is False: undefined intervals are noted
+            zero.append(f"{name} ({ci[0]:.3f}-{ci[1]:.3f})")
+    if zero:
+        out.append(
+            f"zero-width CIs, which are not certainty (too few subjects, or constant or perfect "
+            f"predictions): {', '.join(zero)}"
+        )
+    return out
+
+
+def hanley_mcneil_se(auc: float, n_positive: int, n_negative: int) -> float:
+    """Standard error of an AUC from its value and the class counts (Hanley & McNeil 1982, eq. 2).
+
+    Used for the width a sample size implies, when the observed interval says nothing (zero
+    width or undefined).
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = auc * (1 - auc) + (n_positive - 1) * (q1 - auc**2) + (n_negative - 1) * (q2 - auc**2)
+    return math.sqrt(var / (n_positive * n_negative)) if n_positive and n_negative else NAN
+
+
+def small_sample_note(subject: dict, positive: str, negative: str, confidence=0.95) -> list[str]:
+    """A note when a split has under about 30 subjects or 10 of a class, with the CI width.
+
+    Args:
+      subject: the subject-level metrics (n, n_positive, n_negative, auc_ci).
+      positive: the positive class's name.
+      negative: the other class's name.
+      confidence: the CI level of the widths.
+
+    Returns:
+      [] for a sample large enough, else one note.
+    """
+    n, pos, neg = subject["n"], subject["n_positive"], subject["n_negative"]
+    if n >= SMALL_SUBJECTS and min(pos, neg) >= SMALL_CLASS:
+        return []
+    low, high = subject["auc_ci"]
+    text = (
+        f"small sample: {n} subjects ({pos} {positive}, {neg} {negative}), under about "
+        f"{SMALL_SUBJECTS} subjects or {SMALL_CLASS} of a class: "
+    )
+    if high - low > 0:  # False for NaN
+        return [text + f"the subject AUC {confidence:.0%} CI is {high - low:.2f} wide"]
+    half = stats.norm.ppf((1 + confidence) / 2) * hanley_mcneil_se(0.75, pos, neg)
+    why = "undefined" if math.isnan(high - low) else "of zero width"
+    return [
+        text + f"the subject AUC CI is {why}; at these counts an AUC of 0.75 has a "
+        f"{confidence:.0%} CI about {2 * half:.2f} wide (Hanley & McNeil 1982)"
+    ]
 
 
 def evaluate_predictions(
@@ -495,6 +689,7 @@ def evaluate_predictions(
     subject_threshold: float | None = None,
     ci_method: str = "wilson",
     auc_ci: str = "delong",
+    image_ci: str = "subject_bootstrap",
     confidence: float = 0.95,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -512,17 +707,20 @@ def evaluate_predictions(
       subject_method: "mean", "predictive_index" or "majority" (see `aggregate_by_subject`).
       subject_threshold: subject cut-off chosen on validation data (`choose_thresholds`); None =
         `threshold` for "mean", 0.5 for the others (noted for "predictive_index").
-      ci_method: proportion CI method (see `proportion_ci`).
-      auc_ci: "delong" or "bootstrap" (resamples subjects; see `roc_auc_with_ci`).
+      ci_method: proportion CI method of subject rows (see `proportion_ci`).
+      auc_ci: AUC CI of subject rows, "delong" or "bootstrap" (see `roc_auc_with_ci`).
+      image_ci: image rows' intervals: "subject_bootstrap" (every metric, resampling subjects)
+        or "independent" (`ci_method` and `auc_ci` as if the images were independent).
       confidence: two-sided CI level.
       n_bootstrap: bootstrap replicates.
       seed: bootstrap seed.
 
     Returns:
       {"image": metrics, "subject": metrics}; metrics has auc, sensitivity, specificity, accuracy,
-      precision (each with "<name>_ci" [low, high]), f1, n, n_positive, n_negative, n_subjects,
-      tp/fp/tn/fn, threshold, positive_class, the CI methods, and "notes" (list of str) on every
-      undefined (NaN) value; "subject" also has subject_method.
+      precision and f1 (each with "<name>_ci" [low, high]), n, n_positive, n_negative,
+      n_subjects, tp/fp/tn/fn, threshold, positive_class, level, the CI methods
+      (`level_ci_methods`), and "notes" (list of str): undefined values, degenerate intervals,
+      constant scores, a small sample; "subject" also has subject_method.
 
     Raises:
       ValueError: malformed arrays (shapes, NaN probabilities, labels out of range).
@@ -530,8 +728,15 @@ def evaluate_predictions(
     """
     probs, labels, subject_ids = _check(probs, labels, subject_ids, positive, class_names)
     score, y = probs[:, positive], labels == positive
-    common = (ci_method, auc_ci, confidence, n_bootstrap, seed)
-    image, image_notes = _level_metrics(y, score, subject_ids, threshold, *common)
+    opts = dict(
+        ci_method=ci_method,
+        auc_ci=auc_ci,
+        image_ci=image_ci,
+        confidence=confidence,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    image, image_notes = _level_metrics(y, score, subject_ids, threshold, "image", opts)
     subjects, s_score, s_labels = aggregate_by_subject(
         score, labels, subject_ids, subject_method, threshold=threshold
     )
@@ -541,10 +746,14 @@ def evaluate_predictions(
         if subject_method == "predictive_index":
             notes.append("subject_threshold not chosen on validation data; 0.5 used")
     subject, subject_notes = _level_metrics(
-        s_labels == positive, s_score, subjects, subject_threshold, *common
+        s_labels == positive, s_score, subjects, subject_threshold, "subject", opts
     )
     subject["subject_method"] = subject_method
+    others = [str(c) for i, c in enumerate(class_names) if i != positive]
+    negative = others[0] if len(others) == 1 else "other"
+    subject_notes += small_sample_note(subject, str(class_names[positive]), negative, confidence)
     for level, level_notes in ((image, image_notes), (subject, notes + subject_notes)):
         level["positive_class"] = str(class_names[positive])
         level["notes"] = level_notes
+    image["level"], subject["level"] = "image", "subject"
     return {"image": image, "subject": subject}

@@ -23,7 +23,7 @@ from absl import logging
 
 from ernjax import atomic
 from ernjax.baselines import radiomics
-from ernjax.evaluate import reporting
+from ernjax.evaluate import reporting, stats
 from ernjax.studies import runs
 
 # What a seed's run is summarised by: the test metrics at both levels, and the validation AUC
@@ -216,11 +216,11 @@ def _test_metrics(config, flat: Mapping) -> dict:
     """A run's test metrics as `format_table` takes them, from its flat results."""
     levels = reporting.unflatten(flat, "test")
     e = config.eval
-    for metrics in levels.values():
-        metrics |= dict(
-            positive_class=e.positive_class,
-            ci_method=e.ci_method,
-            auc_ci_method=e.auc_ci,
-            confidence=float(e.confidence),
+    for level, metrics in levels.items():
+        methods = stats.level_ci_methods(
+            level, ci_method=e.ci_method, auc_ci=e.auc_ci, image_ci=e.get("image_ci")
+        )
+        metrics |= methods | dict(
+            level=level, positive_class=e.positive_class, confidence=float(e.confidence)
         )
     return levels
