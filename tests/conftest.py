@@ -37,3 +37,9 @@ def compile_cache(tmp_path_factory):
     compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_configure(config):
+    """Registers the `slow` marker: simulations of a few seconds to a minute. CI runs them (its
+    command deselects nothing); `-m "not slow"` leaves them out while working."""
+    config.addinivalue_line("markers", "slow: a simulation study (CI runs it; -m 'not slow' skips)")
