@@ -8,6 +8,7 @@ plainly here, and scikit-learn on explicitly rebuilt cohorts.
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,14 @@ def test_clustered_intervals_cover_where_independent_ones_do_not():
         assert boot[name] >= 0.78 and independent[name] <= 0.7, (name, boot, independent)
         assert boot[name] - independent[name] >= 0.2, name
     assert boot["f1"] >= 0.78 and subject["auc"] >= 0.75
+
+
+def test_the_readme_example_table_is_what_ernjax_prints():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```\n", readme.index("An example, printed")) + 4
+    shown = readme[start : readme.index("```", start)]
+    probs, labels, ids = clustered_ci.cohort(np.random.default_rng(2), 8, 4, 0.8)
+    r = ev.evaluate_predictions(probs, labels, ids, positive=1, class_names=CLASSES)
+    flat = _probs(np.full(len(labels), 0.593))
+    collapsed = ev.evaluate_predictions(flat, labels, ids, positive=1, class_names=CLASSES)
+    assert reporting.format_table({"ern_b0": r, "collapsed": collapsed}) == shown
