@@ -198,12 +198,13 @@ def test_compare_radiomics_against_a_network_pairs_the_same_test_examples(
     delong = (tmp_path / "delong.md").read_text()
     assert "DeLong tests against radiomics t1+t2+t1c" in delong
     rows = [r.split(" | ") for r in delong.splitlines() if r.startswith("| ern_tiny t1+t2+t1c |")]
-    assert [r[1] for r in rows] == ["image", "subject"]
+    assert [r[1] for r in rows] == ["subject", "image"]  # subject rows first, as in tables
+    assert "image rows' DeLong test treats the slices of a patient as independent" in delong
     network, baseline = results["ern_tiny t1+t2+t1c"], results["radiomics t1+t2+t1c"]
-    for row, level in zip(rows, ("image", "subject"), strict=True):
+    for row, level in zip(rows, ("subject", "image"), strict=True):
         assert float(row[2]) == pytest.approx(network[level]["auc"], abs=5e-4)
         assert float(row[3]) == pytest.approx(baseline[level]["auc"], abs=5e-4)
-    assert 0 <= float(rows[0][5].rstrip(" |")) <= 1  # image p; 3 test subjects may tie (nan)
+    assert 0 <= float(rows[1][5].rstrip(" |")) <= 1  # image p; 3 test subjects may tie (nan)
 
 
 def test_crossval_of_radiomics_pools_out_of_fold_on_one_feature_table(

@@ -9,8 +9,9 @@ run sees the same training, validation and test patients, and the test predictio
 compared case by case (the radiomics baseline predicts in the records' order, as a network).
 Written to W:
   - compare.md / compare.csv / compare.json: sensitivity, specificity, accuracy and AUC with CIs,
-    image- and subject-wise, on the test split (cut-offs from each run's validation split);
-  - delong.md: DeLong tests of each run's test AUC against the first run's (image and subject);
+    subject- and image-wise, on the test split (cut-offs from each run's validation split);
+  - delong.md: DeLong tests of each run's test AUC against the first run's (subject, then image,
+    with a note that the image test counts slices as independent);
   - ttests.md: one-sample t tests of the true-class probability against 0.5 (Ying Tables 5-6);
   - roc_test_image.png / roc_test_subject.png: every run's ROC curve in one figure.
 """
@@ -127,10 +128,18 @@ def delong_table(test: dict, names, scoring: ScoringPolicy, split: str = "test s
         same_labels = np.array_equal(test[n].label, test[ref].label)
         if test[n].subject_id != test[ref].subject_id or not same_labels:
             raise ValueError(f"{n} and {ref} predicted different test examples: not comparable")
-        for level in ("image", "subject"):
+        for level in reporting.LEVELS:  # subject rows first, as in every table
             ya, sa = scoring.roc_data(test[ref], level)
             _, sb = scoring.roc_data(test[n], level)
             z, p = stats.delong_test(ya.astype(int), sb, sa, positive=1)
             auc_b, auc_a = stats.delong_covariance(ya, [sb, sa])[0]
             lines.append(f"| {n} | {level} | {auc_b:.3f} | {auc_a:.3f} | {z:.3f} | {p:.3g} |")
+    # DeLong pairs examples; over slices it counts a patient's correlated slices as independent.
+    lines += ["", IMAGE_DELONG_NOTE]
     return "\n".join(lines) + "\n"
+
+
+IMAGE_DELONG_NOTE = (
+    "Note: the image rows' DeLong test treats the slices of a patient as independent, so its p is "
+    "too small when patients have many slices; the subject rows are the test to believe."
+)
