@@ -121,7 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The validation metric that picks the best step, counts for early stopping and is kept as
     # the "best" checkpoint: a key of the flat validation results, "image.auc" (what ernjax
     # selected by before this field existed), "subject.auc", ..., or "loss" (class-weighted;
-    # lower is better). The names allowed: ernjax.checkpoints.SELECTABLE.
+    # lower is better). The names allowed: ernjax.checkpoints.SELECTABLE. Ties go to the lower
+    # validation loss, then the earlier epoch (ernjax.checkpoints.SelectMetric): on a validation
+    # split of a few subjects the AUC often reaches 1.0 at a barely trained epoch and stays.
     t.select_metric = "image.auc"
     t.early_stopping_patience = 0  # epochs without select_metric gain before stopping; 0 = off
     # Which checkpoint is scored at the end: "best" by select_metric, or the "last" one. "last"

@@ -47,6 +47,19 @@ def test_keeps_latest_k_and_the_best_auc(tmp_path):
     ckpt.close()
 
 
+def test_auc_ties_go_to_the_lower_validation_loss(tmp_path):
+    ckpt = checkpoints.Checkpointer(tmp_path, keep=1, async_save=False)
+    for step, auc, loss in [(1, 1.0, 1.1), (2, 0.9, 0.5), (3, 1.0, 0.3), (4, 1.0, 0.35)]:
+        progress = checkpoints.Progress(step=step, best_metric=auc)
+        ckpt.save(step, _state(step), _iterator(), progress, "{}", score=auc, loss=loss)
+    assert ckpt.best_step() == 3 and ckpt.all_steps() == [3, 4]
+    ckpt.close()
+    select = checkpoints.SelectMetric("image.auc")
+    assert select.improves(1.0, 1.0, 0.3, 1.1) and not select.improves(1.0, 1.0, 0.4, 0.3)
+    assert select.improves(0.9, 0.8, 2.0, 0.1)  # the metric first, the loss only on a tie
+    assert not select.improves(1.0, 1.0, float("nan"), 0.3)  # no loss never breaks a tie
+
+
 def test_best_step_is_none_without_any_auc(tmp_path):
     ckpt = checkpoints.Checkpointer(tmp_path, keep=3, async_save=False)
     _save(ckpt, 1)

@@ -258,6 +258,13 @@ def test_early_stopping_counts_epochs_without_auc_gain():
     assert not progress.stopped_early  # 0 = off
 
 
+def test_an_auc_tie_at_a_lower_loss_is_a_gain():
+    progress, auc_metric = checkpoints.Progress(), checkpoints.SelectMetric("image.auc")
+    for step, auc, loss in [(3, 1.0, 1.1), (6, 1.0, 0.4), (9, 1.0, 0.6)]:
+        loop.track_best(progress, auc, step, patience=2, select=auc_metric, loss=loss)
+    assert (progress.best_step, progress.best_loss, progress.bad_epochs) == (6, 0.4, 1)
+
+
 def test_early_stopping_on_the_loss_counts_rises():
     progress, loss = checkpoints.Progress(), checkpoints.SelectMetric("loss")
     for step, value in [(3, 0.7), (6, 0.5), (9, 0.6), (12, 0.5)]:

@@ -223,12 +223,14 @@ def _train(run: _Run) -> float:
         if save or (cfg.log_every_steps and step % cfg.log_every_steps == 0):
             log.log(step, _check_finite(run, *pending))
             pending = None
-        value = _end_epoch(run, step // spe) if epoch_end else None
+        value, loss = _end_epoch(run, step // spe) if epoch_end else (None, None)
         if save:
             progress.step = step
             score = run.select.score(value)
             config = run.config.to_json()
-            run.ckpt.save(step, run.steps.state, run.train_iter, progress, config, score=score)
+            run.ckpt.save(
+                step, run.steps.state, run.train_iter, progress, config, score=score, loss=loss
+            )
             log.restart_interval(step)  # keep validation and saving out of examples/s
     if pending is not None:
         _check_finite(run, *pending)
@@ -252,43 +254,51 @@ def _check_finite(run: _Run, step: int, metrics: dict, subject_ids) -> dict:
     )
 
 
-def _end_epoch(run: _Run, epoch: int) -> float | None:
+def _end_epoch(run: _Run, epoch: int) -> tuple[float | None, float | None]:
     """Validates, logs, and updates the best value and the early-stopping count in run.progress.
 
     Returns:
-      The validation value of `config.train.select_metric`, None without a validation split.
+      (the validation value of `config.train.select_metric`, the validation loss), both None
+      without a validation split.
     """
     if not run.info.num_examples.get("validation"):
-        return None
+        return None, None
     results, _ = _evaluate_split(run, scored_model(run.steps.state), "validation")
     flat, loss = reporting.flatten(results), results["loss"]
     step, value = epoch * run.steps_per_epoch, flat[run.select.name]
     shown = {f"validation/{k}": v for k, v in flat.items() if k.rsplit(".", 1)[-1] in _TB_METRICS}
     run.writer.scalars(step, {"validation/loss": loss, **shown})
     p = run.progress
-    track_best(p, value, step, run.config.train.early_stopping_patience, run.select)
+    track_best(p, value, step, run.config.train.early_stopping_patience, run.select, loss)
     best = f"best {run.select.name} {p.best_metric} at step {p.best_step}"
     logging.info(
         "epoch %d validation: loss %.4f, image AUC %.3f, subject AUC %.3f (%s)%s",
         *(epoch, loss, flat["image.auc"], flat["subject.auc"], best),
         "; stopping early" if p.stopped_early else "",
     )
-    return value
+    return value, loss
 
 
 _TB_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
 
 
 def track_best(
-    progress: Progress, value: float, step: int, patience: int, select: SelectMetric
+    progress: Progress,
+    value: float,
+    step: int,
+    patience: int,
+    select: SelectMetric,
+    loss: float | None = None,
 ) -> None:
     """Updates the best value and step, the epochs without gain and stopped_early in `progress`.
 
-    Only a strict gain (in `select`'s direction) counts; an undefined (NaN) value is no gain.
-    patience 0 never stops.
+    Only a gain in `select`'s order counts: a strictly better value, or the same value at a
+    strictly lower validation `loss` (`SelectMetric.improves`); an undefined (NaN) value is no
+    gain. patience 0 never stops.
     """
-    if select.improves(value, progress.best_metric):
+    if select.improves(value, progress.best_metric, loss, progress.best_loss):
         progress.best_metric, progress.best_step, progress.bad_epochs = value, step, 0
+        progress.best_loss = loss
     else:
         progress.bad_epochs += 1
     progress.stopped_early = bool(patience and progress.bad_epochs >= patience)
