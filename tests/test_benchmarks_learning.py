@@ -30,8 +30,13 @@ def test_checkpoint_rules_read_validation_only():
     assert recipe.choose(epochs, "last").step == 50
     # Mean of each epoch and the one before: 0.6, 0.75, 0.7, 0.65, 0.825.
     assert recipe.choose(epochs, "smoothed val AUC").step == 50
+    # An AUC saturated on a small validation split: the tie goes to the lower loss (epoch 3).
+    tied = _epochs([1.0, 0.9, 1.0, 1.0], [1.1, 0.5, 0.3, 0.35], [0.6, 0.99, 0.5, 0.9])
+    assert recipe.choose(tied, "val image AUC").step == 10
+    assert recipe.choose(tied, "val image AUC, ties by loss").step == 30
     nan_first = _epochs([float("nan"), 0.7], [1.0, 1.0], [0.5, 0.5])
     assert recipe.choose(nan_first, "val image AUC").step == 20  # undefined is never best
+    assert recipe.choose(nan_first, "val image AUC, ties by loss").step == 20
     with pytest.raises(ValueError):
         recipe.choose(epochs, "test AUC")
 
