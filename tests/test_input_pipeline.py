@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
 
 def test_data_info(setup):
     cfg, info, _ = setup
-    assert info.image_shape == (8, 8, 8, 4) and info.kind == "volumes3d"  # T1, T1c, T2, FLAIR
+    assert info.image_shape == (8, 8, 8, 3) and info.kind == "volumes3d"
     assert info.num_examples == {"train": 6, "validation": 2, "test": 2}
     assert sum(info.train_class_counts) == 6
     assert ip.steps_per_epoch(info, 4) == 1
@@ -43,7 +43,7 @@ def test_train_iterator_shuffles_each_epoch_and_resumes(setup):
     cfg, info, _ = setup
     it = ip.train_iterator(cfg, info, global_batch=2)
     batch = next(it)
-    assert batch["image"].shape == (2, 8, 8, 8, 4) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (2, 8, 8, 8, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["valid"].all()
     epochs = [sum(_ids(it, 3), []) for _ in range(2)]  # batch 1-3 overlap epochs 1-2; fine
     first_epoch = [s for b in [list(batch["subject_id"])] for s in b]

@@ -235,11 +235,7 @@ def _config(path: str, **data):
 )
 def test_tiny_roi_run_and_predict(tmp_path, path, size):
     workdir = tmp_path / "run"
-    # Ying's three channels for the 3D run: with FLAIR this 2-epoch, 12-subject run has no
-    # positive evidence anywhere, which Grad-CAM maps to zeros, and a peak of zeros says
-    # nothing about where the map lands.
-    channels = {"channels": ("t1", "t1c", "t2")} if "resnet3d" in path else {}
-    loop.train_and_evaluate(_config(path, roi_size_mm=size, **channels), workdir)
+    loop.train_and_evaluate(_config(path, roi_size_mm=size), workdir)
     run = inference.load_run(workdir)
     sid = predictions.read_csv(workdir / "predictions_test.csv").subject_id[0]
     folder = workdir / "synthetic_cohort" / sid
@@ -272,8 +268,7 @@ def test_tiny_roi_run_and_predict(tmp_path, path, size):
 
 
 def test_predict_needs_the_mask_or_centre_of_an_roi_run(tmp_path):
-    config = _config("configs/resnet3d.py", channels=("t1", "t1c", "t2"))  # make_subject's
-    run = inference.TrainedRun(config, None, 0, None, {})
+    run = inference.TrainedRun(_config("configs/resnet3d.py"), None, 0, None, {})
     s = make_subject(tmp_path)
     with pytest.raises(InputError, match="pass --mask"):
         inference.make_subject(run, "p1", {}, subject_dir=s.files["t1"].parent)
