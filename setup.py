@@ -32,7 +32,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "ruff==0.17.6"],
+    # statsmodels: a reference the tests check stats against (Holm), never imported at run time.
+    "test": ["pytest==9.2.0", "ruff==0.17.6", "statsmodels==0.15.0"],
     # JAX with its CUDA 12 wheels (see README: "GPUs").
     "cuda": ["jax[cuda12]==0.10.2"],
     # Parity tests and peer benchmarks: the CPU build of PyTorch that this machine ships, and MONAI.

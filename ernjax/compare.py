@@ -1,7 +1,8 @@
 """Several models x several MRI sequence sets, the same splits, one table (Gao 2020 Tables 3-4).
 
     python -m ernjax.compare --config=configs/ern.py --workdir=W \
-        --models=ern_b0,resnet18 --channel_sets="t1c;t2;t1;t1,t2,t1c"
+        --models=ern_b0,resnet18 --channel_sets="t1c;t2;t1;t1,t2,t1c" \
+        [--reference="resnet18 t1c" | --all_pairs]
 
 Trains each (model, channel set) in W/<model>_<channels> (reruns resume) and writes the test
 comparison to W: compare.md/.csv/.json, delong.md, ttests.md and the ROC figures
@@ -22,7 +23,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     compare.run(
-        FLAGS.config, FLAGS.workdir, FLAGS.models, compare.parse_channel_sets(FLAGS.channel_sets)
+        FLAGS.config,
+        FLAGS.workdir,
+        FLAGS.models,
+        compare.parse_channel_sets(FLAGS.channel_sets),
+        reference=FLAGS.reference,
+        all_pairs=FLAGS.all_pairs,
     )
 
 
@@ -30,6 +36,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", "workdir_compare", "Comparison directory (one folder per run).")
     flags.DEFINE_list("models", [], "Model names (default: config.model.name).")
     flags.DEFINE_string("channel_sets", "", '";"-separated sets, e.g. "t1c;t2;t1,t2,t1c".')
+    flags.DEFINE_string(
+        "reference", "", 'Run delong.md tests against ("resnet18 t1c", or a model); "" = first.'
+    )
+    flags.DEFINE_bool("all_pairs", False, "delong.md tests every pair of runs (Holm-adjusted).")
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Base configuration.", lock_config=True
     )

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ernjax import defaults
-from ernjax.evaluate import predictions
+from ernjax.evaluate import predictions, stats
 from ernjax.evaluate.predictions import Predictions
+from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.studies import compare, crossval
 from ernjax.train import loop
 
@@ -213,3 +214,55 @@ def test_crossval_delong_against_pools_the_same_patients(tmp_path, fake_train):
     assert f"| {z:.3f} |" in rows["subject"]
     with pytest.raises(crossval.InputError, match="has not finished its 4 folds"):
         crossval.delong_against(_config(4), tmp_path / "a", [tmp_path / "b"], 4)
+
+
+def _three_runs(seed=0):
+    """Three runs' predictions on the same 40 subjects x 3 slices, of different quality."""
+    rng = np.random.default_rng(seed)
+    subjects = [f"s{i:02d}" for i in range(40) for _ in range(3)]
+    label = np.repeat(np.arange(40) % 2, 3)
+    runs = {}
+    for name, signal in (("a", 0.2), ("b", 1.0), ("c", 2.0)):
+        score = 1 / (1 + np.exp(-(signal * (2 * label - 1) + rng.normal(size=label.size))))
+        runs[name] = Predictions(subjects, label, np.stack([1 - score, score], 1), CLASSES)
+    return runs
+
+
+def _rows(table):
+    return [[c.strip() for c in r.split("|")[1:-1]] for r in table.splitlines()[4:] if "|" in r]
+
+
+def test_delong_table_holm_adjusts_each_level_and_tests_all_pairs():
+    runs = _three_runs()
+    scoring = ScoringPolicy.from_config(defaults.base_config().eval, CLASSES)
+    table = compare.delong_table(runs, list(runs), scoring, reference="c")
+    rows = _rows(table)
+    assert "DeLong tests against c" in table.splitlines()[0]
+    assert [(r[0], r[1], r[7]) for r in rows] == [
+        ("a", "subject", "c"),
+        ("b", "subject", "c"),
+        ("a", "image", "c"),
+        ("b", "image", "c"),
+    ]
+    for level in ("subject", "image"):
+        raw = [float(r[5]) for r in rows if r[1] == level]
+        holm = [float(r[6]) for r in rows if r[1] == level]
+        np.testing.assert_allclose(holm, stats.holm(raw), rtol=5e-3)  # printed to 3 digits
+        assert all(h >= p for h, p in zip(holm, raw, strict=True))
+    pairs = _rows(compare.delong_table(runs, list(runs), scoring, all_pairs=True))
+    assert [(r[0], r[7]) for r in pairs if r[1] == "subject"] == [
+        ("b", "a"),
+        ("c", "a"),
+        ("c", "b"),
+    ]
+    with pytest.raises(ValueError, match="reference 'd' is not one of the runs"):
+        compare.delong_table(runs, list(runs), scoring, reference="d")
+
+
+def test_compare_refuses_an_unknown_reference_before_training(tmp_path, fake_train):
+    with pytest.raises(ValueError, match=r"--reference='resnet': expected one of the runs"):
+        compare.run(_config(), tmp_path, ["ern_tiny"], [("t1",), ("t1c",)], reference="resnet")
+    with pytest.raises(ValueError, match="several channel sets: name the run"):
+        compare.run(_config(), tmp_path, ["ern_tiny"], [("t1",), ("t1c",)], reference="ern_tiny")
+    assert not fake_train.calls
+    assert compare.resolve_reference("ern_tiny", ["ern_tiny t1", "x t1"]) == "ern_tiny t1"

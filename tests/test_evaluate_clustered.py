@@ -241,3 +241,16 @@ def test_the_readme_example_table_is_what_ernjax_prints():
     flat = _probs(np.full(len(labels), 0.593))
     collapsed = ev.evaluate_predictions(flat, labels, ids, positive=1, class_names=CLASSES)
     assert reporting.format_table({"ern_b0": r, "collapsed": collapsed}) == shown
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(4)
+    for m in (1, 2, 7, 20):
+        p = rng.uniform(0, 0.2, m) ** 2
+        np.testing.assert_allclose(ev.holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    # An undefined test (NaN) is not counted in the family and stays undefined.
+    out = ev.holm([0.01, float("nan"), 0.04])
+    np.testing.assert_allclose(out[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
+    assert np.isnan(out[1])

@@ -167,6 +167,22 @@ def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return aucs, cov
 
 
+def holm(pvalues) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values of one family of tests, in the input order.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, kept monotone and capped at 1.
+    NaN (an undefined test) stays NaN and is not counted in m.
+    """
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
 def delong_test(labels, probs_a, probs_b, *, positive: int = 1) -> tuple[float, float]:
     """DeLong test that two correlated AUCs (two models, the same cases) are equal.
 

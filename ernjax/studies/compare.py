@@ -10,12 +10,15 @@ compared case by case (the radiomics baseline predicts in the records' order, as
 Written to W:
   - compare.md / compare.csv / compare.json: sensitivity, specificity, accuracy and AUC with CIs,
     subject- and image-wise, on the test split (cut-offs from each run's validation split);
-  - delong.md: DeLong tests of each run's test AUC against the first run's (subject, then image,
-    with a note that the image test counts slices as independent);
+  - delong.md: DeLong tests of each run's test AUC against a reference run's (the first, or
+    `--reference`), or of every pair (`--all_pairs`), subject then image, each p beside its
+    Holm-adjusted value over the level's tests, with a note that the image test counts slices
+    as independent;
   - ttests.md: one-sample t tests of the true-class probability against 0.5 (Ying Tables 5-6);
   - roc_test_image.png / roc_test_subject.png: every run's ROC curve in one figure.
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ def run_name(model: str, channels) -> str:
     return f"{model} {'+'.join(channels)}"
 
 
-def run(config, workdir, models, channel_sets) -> dict:
+def run(config, workdir, models, channel_sets, reference: str = "", all_pairs=False) -> dict:
     """Trains (or resumes) every (model, channel set) run and writes the comparison.
 
     Args:
@@ -46,6 +49,9 @@ def run(config, workdir, models, channel_sets) -> dict:
       models: model names (`ernjax.models.model_names()`, or "radiomics" for the radiomics
         baseline); empty = `config.model.name`.
       channel_sets: tuples of modality names; empty = `config.data.channels`.
+      reference: the run delong.md tests the others against: a run name ("resnet18 t1c") or a
+        model name with one run; "" = the first run.
+      all_pairs: delong.md tests every pair of runs instead.
 
     Returns:
       {run name: {"image": ..., "subject": ...}} test metrics, in run order.
@@ -65,7 +71,9 @@ def run(config, workdir, models, channel_sets) -> dict:
                 f"channel set {chans}: {sorted(unknown)} not in config.data.modalities "
                 f"{sorted(config.data.modalities)}"
             )
-    names, val, test = [], {}, {}
+    names = [run_name(m, chans) for m in models for chans in channel_sets]
+    ref = resolve_reference(reference, names)  # before any training: a typo fails at once
+    val, test = {}, {}
     shared, runner = runs.shared_data(config, workdir), runs.Runner()
     for model in models:
         for chans in channel_sets:
@@ -76,13 +84,29 @@ def run(config, workdir, models, channel_sets) -> dict:
                 c.data.channels = tuple(chans)
             out = workdir / name.replace(" ", "_")
             runner(c, out)
-            names.append(name)
             val[name] = predictions.read_csv(out / "predictions_validation.csv")
             test[name] = predictions.read_csv(out / "predictions_test.csv")
-    return summarize(config, workdir, names, val, test)
+    return summarize(config, workdir, names, val, test, reference=ref, all_pairs=all_pairs)
 
 
-def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
+def resolve_reference(reference: str, names: list[str]) -> str | None:
+    """The run `reference` names (a run name, or a model with one run); None for "" (the first)."""
+    if not reference:
+        return None
+    if reference in names:
+        return reference
+    matches = [n for n in names if n.split(" ")[0] == reference]
+    if len(matches) == 1:
+        return matches[0]
+    raise ValueError(
+        f"--reference={reference!r}: expected one of the runs {', '.join(names)}"
+        + (" (that model has several channel sets: name the run)" if matches else "")
+    )
+
+
+def summarize(
+    config, workdir: Path, names, val: dict, test: dict, reference=None, all_pairs=False
+) -> dict:
     """Scores the runs' test predictions and writes tables, tests and ROC figures.
 
     The files are renamed into place together once all are written (compare.json last).
@@ -90,7 +114,7 @@ def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
     scoring = ScoringPolicy.from_config(config.eval, test[names[0]].class_names)
     positive = scoring.positive
     results = {n: scoring.score(test[n], scoring.cutoffs(val[n])) for n in names}
-    delong = delong_table(test, names, scoring)
+    delong = delong_table(test, names, scoring, reference=reference, all_pairs=all_pairs)
     ttests = {
         n: stats.one_sample_ttests(
             test[n].probs[:, positive], test[n].label, test[n].class_names, positive=positive
@@ -107,33 +131,66 @@ def summarize(config, workdir: Path, names, val: dict, test: dict) -> dict:
     return results
 
 
-def delong_table(test: dict, names, scoring: ScoringPolicy, split: str = "test split") -> str:
-    """Markdown: DeLong z and p of each run's test AUC against the first run's, per level.
+def delong_table(
+    test: dict,
+    names,
+    scoring: ScoringPolicy,
+    split: str = "test split",
+    reference: str | None = None,
+    all_pairs: bool = False,
+) -> str:
+    """Markdown: DeLong z and p of run AUCs against a reference run's, or of all pairs, per level.
 
-    `split` names the predictions compared in the title (e.g. "pooled out-of-fold").
+    Each level (subject, image) is one family of tests: beside each raw p is its Holm-adjusted p
+    over that family (`stats.holm`), so that one of many comparisons is not read as a finding.
+
+    Args:
+      test: run name -> its Predictions on the compared examples.
+      names: the runs, in table order.
+      scoring: the study's policy (positive class, subject aggregation).
+      split: names the predictions compared in the title (e.g. "pooled out-of-fold").
+      reference: the run the others are tested against; None = the first of `names`.
+      all_pairs: test every pair of runs instead (the earlier run of a pair is its reference).
 
     Raises:
-      ValueError: the runs predicted different test examples, or gave them different labels
-        (different splits or cohorts): DeLong pairs the runs' scores example by example.
+      ValueError: an unknown reference, or runs that predicted different test examples or gave
+        them different labels (different splits or cohorts): DeLong pairs the scores example by
+        example.
     """
-    ref = names[0]
+    ref = names[0] if reference is None else reference
+    if ref not in names:
+        raise ValueError(f"reference {ref!r} is not one of the runs: {', '.join(names)}")
+    if all_pairs:
+        pairs = list(itertools.combinations(names, 2))
+        title = f"DeLong tests of every pair of runs ({split}"
+    else:
+        pairs = [(ref, n) for n in names if n != ref]
+        title = f"DeLong tests against {ref} ({split}"
+    for a, b in pairs:
+        same_labels = np.array_equal(test[a].label, test[b].label)
+        if test[a].subject_id != test[b].subject_id or not same_labels:
+            raise ValueError(f"{b} and {a} predicted different test examples: not comparable")
     lines = [
-        f"DeLong tests against {ref} ({split}; positive class "
-        f"{test[ref].class_names[scoring.positive]})",
+        f"{title}; positive class {test[ref].class_names[scoring.positive]}; Holm: adjusted "
+        f"over the {len(pairs)} tests of a level)",
         "",
-        "| run | level | AUC | AUC of reference | z | p |",
-        "|---|---|---|---|---|---|",
+        "| run | level | AUC | AUC of reference | z | p | p (Holm) | reference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for n in names[1:]:
-        same_labels = np.array_equal(test[n].label, test[ref].label)
-        if test[n].subject_id != test[ref].subject_id or not same_labels:
-            raise ValueError(f"{n} and {ref} predicted different test examples: not comparable")
-        for level in reporting.LEVELS:  # subject rows first, as in every table
-            ya, sa = scoring.roc_data(test[ref], level)
-            _, sb = scoring.roc_data(test[n], level)
+    for level in reporting.LEVELS:  # subject rows first, as in every table
+        rows = []
+        for a, b in pairs:
+            ya, sa = scoring.roc_data(test[a], level)
+            _, sb = scoring.roc_data(test[b], level)
             z, p = stats.delong_test(ya.astype(int), sb, sa, positive=1)
             auc_b, auc_a = stats.delong_covariance(ya, [sb, sa])[0]
-            lines.append(f"| {n} | {level} | {auc_b:.3f} | {auc_a:.3f} | {z:.3f} | {p:.3g} |")
+            rows.append((b, auc_b, auc_a, z, p, a))
+        adjusted = stats.holm([r[4] for r in rows])
+        for (b, auc_b, auc_a, z, p, a), p_holm in zip(rows, adjusted, strict=True):
+            lines.append(
+                f"| {b} | {level} | {auc_b:.3f} | {auc_a:.3f} | {z:.3f} | {p:.3g} | "
+                f"{p_holm:.3g} | {a} |"
+            )
     # DeLong pairs examples; over slices it counts a patient's correlated slices as independent.
     lines += ["", IMAGE_DELONG_NOTE]
     return "\n".join(lines) + "\n"
