@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 from benchmarks import common
 from ernjax import atomic
-from ernjax.checkpoints import SelectMetric
+from ernjax.checkpoints import Progress, SelectMetric
 from ernjax.data.pipeline import GRAIN
 from ernjax.studies import runs
 from ernjax.train import loop
@@ -47,6 +47,8 @@ FLAGS = flags.FLAGS
 # The first variant of a group is the config as it is (with the group's data settings).
 MASK = {"data.roi": "mask", "data.mask_pattern": "*_mask.nii.gz"}
 FLAIR = ("t1", "t1c", "t2", "flair")  # Ying 2025's channels with its optional FLAIR
+GN = {"model.norm": "group"}
+NARROW = {**GN, "model.name": "resnet10_tiny", "train.num_epochs": 16}  # 1/8 width, 16 epochs
 GROUPS = {
     "2d": (
         "configs.ern",
@@ -68,17 +70,12 @@ GROUPS = {
         MASK,
         {
             "batchnorm": {},
-            "groupnorm": {"model.norm": "group"},
-            "groupnorm, EMA 0.99": {"model.norm": "group", "train.ema_decay": 0.99},
+            "groupnorm": GN,
+            "groupnorm, EMA 0.99": {**GN, "train.ema_decay": 0.99},
             "batchnorm, balanced": {"train.sampling": "balanced"},
-            "groupnorm, warmup 3 epochs": {"model.norm": "group", "train.warmup_epochs": 3.0},
+            "groupnorm, warmup 3 epochs": {**GN, "train.warmup_epochs": 3.0},
             # What the whole brain needs (3d_brain below): does the lesion-centred input keep up?
-            "groupnorm, with flair, 1/8 width, 16 epochs": {
-                "model.norm": "group",
-                "model.name": "resnet10_tiny",
-                "data.channels": FLAIR,
-                "train.num_epochs": 16,
-            },
+            "groupnorm, with flair, 1/8 width, 16 epochs": {**NARROW, "data.channels": FLAIR},
         },
     ),
     "3d_brain": (
@@ -86,42 +83,30 @@ GROUPS = {
         {},
         {
             "batchnorm": {},
-            "groupnorm": {"model.norm": "group"},
-            "groupnorm, EMA 0.99": {"model.norm": "group", "train.ema_decay": 0.99},
+            "groupnorm": GN,
+            "groupnorm, EMA 0.99": {**GN, "train.ema_decay": 0.99},
             # configs/resnet3d.py once chose lr 1e-4 over 1e-3 by a test figure.
-            "groupnorm, lr 1e-3": {"model.norm": "group", "train.learning_rate": 1e-3},
+            "groupnorm, lr 1e-3": {**GN, "train.learning_rate": 1e-3},
             # The whole brain did not learn in 8 epochs on 36 training volumes: with FLAIR (the
             # edema), and at Ying 2025's cohort size (234 patients).
-            "groupnorm, 240 subjects": {"model.norm": "group", "data.synthetic.subjects": 240},
-            "groupnorm, with flair": {"model.norm": "group", "data.channels": FLAIR},
+            "groupnorm, 240 subjects": {**GN, "data.synthetic.subjects": 240},
+            "groupnorm, with flair": {**GN, "data.channels": FLAIR},
             "groupnorm, with flair, lr 1e-3": {
-                "model.norm": "group",
+                **GN,
                 "data.channels": FLAIR,
                 "train.learning_rate": 1e-3,
             },
             "groupnorm, with flair, 16 epochs": {
-                "model.norm": "group",
+                **GN,
                 "data.channels": FLAIR,
                 "train.num_epochs": 16,
             },
-            "groupnorm, 1/8 width, lr 1e-3, 16 epochs": {
-                "model.norm": "group",
-                "model.name": "resnet10_tiny",
-                "train.learning_rate": 1e-3,
-                "train.num_epochs": 16,
-            },
-            "groupnorm, with flair, 1/8 width, 16 epochs": {
-                "model.norm": "group",
-                "model.name": "resnet10_tiny",
-                "data.channels": FLAIR,
-                "train.num_epochs": 16,
-            },
+            "groupnorm, 1/8 width, lr 1e-3, 16 epochs": {**NARROW, "train.learning_rate": 1e-3},
+            "groupnorm, with flair, 1/8 width, 16 epochs": {**NARROW, "data.channels": FLAIR},
             "groupnorm, with flair, 1/8 width, lr 1e-3, 16 epochs": {
-                "model.norm": "group",
-                "model.name": "resnet10_tiny",
+                **NARROW,
                 "data.channels": FLAIR,
                 "train.learning_rate": 1e-3,
-                "train.num_epochs": 16,
             },
         },
     ),
@@ -195,13 +180,11 @@ def choose(epochs: list[Epoch], rule: str) -> Epoch:
     """The epoch `rule` picks from validation figures only (ties: the earlier epoch)."""
     if rule == "last":
         return epochs[-1]
-    if rule == "val image AUC, ties by loss":  # the trainer's own order (SelectMetric)
-        select, chosen = SelectMetric("image.auc"), None
+    if rule == "val image AUC, ties by loss":  # what the trainer itself tracks
+        progress, select = Progress(), SelectMetric("image.auc")
         for e in epochs:
-            best = (None, None) if chosen is None else (chosen.val_image_auc, chosen.val_loss)
-            if select.improves(e.val_image_auc, best[0], e.val_loss, best[1]):
-                chosen = e
-        return chosen or epochs[-1]
+            loop.track_best(progress, e.val_image_auc, e.step, 0, select, e.val_loss)
+        return next((e for e in epochs if e.step == progress.best_step), epochs[-1])
     auc = [e.val_image_auc for e in epochs]
     values = {
         "val image AUC": auc,
