@@ -610,11 +610,18 @@ def _level_metrics(y, score, groups, threshold, level, opts: dict):
     out, notes = binary_metrics(
         y, score, threshold, ci_method=opts["ci_method"], confidence=opts["confidence"]
     )
+    clustered = methods["ci_method"] == "subject_bootstrap"
+    # Clustered, the AUC interval comes from bootstrap_cis below: DeLong here only gives the AUC
+    # (with auc_ci="bootstrap" this would draw the same replicates a second time).
     out["auc"], out["auc_ci"], auc_notes = roc_auc_with_ci(
-        y, score, groups, method=opts["auc_ci"], confidence=opts["confidence"], **boot
+        y,
+        score,
+        groups,
+        method="delong" if clustered else opts["auc_ci"],
+        confidence=opts["confidence"],
+        **boot,
     )
     out["n_subjects"] = len(np.unique(groups))
-    clustered = methods["ci_method"] == "subject_bootstrap"
     if clustered:
         auc_notes = [n for n in auc_notes if not n.startswith("auc_ci")]  # replaced below
     names = BOOTSTRAPPED if clustered else ("f1",)
