@@ -266,3 +266,60 @@ def test_compare_refuses_an_unknown_reference_before_training(tmp_path, fake_tra
         compare.run(_config(), tmp_path, ["ern_tiny"], [("t1",), ("t1c",)], reference="ern_tiny")
     assert not fake_train.calls
     assert compare.resolve_reference("ern_tiny", ["ern_tiny t1", "x t1"]) == "ern_tiny t1"
+
+
+def _predictive_index_policy() -> ScoringPolicy:
+    c = defaults.base_config()
+    c.eval.subject_method, c.eval.tune_threshold = "predictive_index", True
+    return ScoringPolicy.from_config(c.eval, CLASSES)
+
+
+def test_predictive_index_curves_and_delong_use_the_tables_cutoff():
+    # Slice scores all below 0.5 but ordered by label: at 0.5 no slice is called positive and
+    # every subject scores 0; at the tuned cut-off the subjects separate.
+    runs = _three_runs()
+    for p in runs.values():
+        p.probs[:, 1] *= 0.4
+        p.probs[:, 0] = 1 - p.probs[:, 1]
+    scoring = _predictive_index_policy()
+    cutoffs = {n: scoring.cutoffs(p) for n, p in runs.items()}
+    assert all(c["threshold"] < 0.5 for c in cutoffs.values())
+    for n, p in runs.items():
+        table_auc = scoring.score(p, cutoffs[n])["subject"]["auc"]
+        y, s = scoring.roc_data(p, "subject", cutoffs[n])
+        _, by_hand, _ = stats.aggregate_by_subject(
+            p.probs[:, 1],
+            p.label,
+            p.subject_id,
+            "predictive_index",
+            threshold=cutoffs[n]["threshold"],
+        )
+        np.testing.assert_array_equal(s, by_hand)
+        assert stats.delong_covariance(y, [s])[0][0] == pytest.approx(table_auc)
+        assert np.ptp(scoring.roc_data(p, "subject")[1]) == 0  # the old curve: all at 0
+    table = compare.delong_table(runs, list(runs), scoring, reference="a", cutoffs=cutoffs)
+    subject_rows = [r for r in _rows(table) if r[1] == "subject"]
+    for r in subject_rows:
+        assert float(r[2]) == pytest.approx(
+            scoring.score(runs[r[0]], cutoffs[r[0]])["subject"]["auc"], abs=5e-4
+        )
+
+
+def test_majority_ensemble_tunes_the_predictive_index_cutoff_on_out_of_fold_votes():
+    scoring = _predictive_index_policy()
+    val = [_preds([f"v{f}_{j}" for j in range(6)], f, 0.6) for f in range(3)]
+    fold_cutoffs = [scoring.cutoffs(v) for v in val]
+    got = crossval.ensemble_cutoffs(scoring, val, "majority", fold_cutoffs)
+    # By hand: each pooled slice is one vote at its own fold's cut-off; the subject cut-off is
+    # Youden's on the fraction of a subject's slices voted positive.
+    ids = [s for v in val for s in v.subject_id]
+    votes = np.concatenate(
+        [v.probs[:, 1] >= c["threshold"] for v, c in zip(val, fold_cutoffs, strict=True)]
+    )
+    labels = np.concatenate([v.label for v in val])
+    _, frac, s_label = stats.aggregate_by_subject(votes.astype(float), labels, ids, "mean")
+    assert got["threshold"] == 0.5 and got["subject_threshold"] != 0.5  # tuned, not the default
+    assert got["subject_threshold"] == stats.choose_threshold(s_label, frac, positive=1)
+    assert crossval.ensemble_cutoffs(scoring, val, "mean", fold_cutoffs) == scoring.cutoffs(
+        crossval.concat(val)
+    )

@@ -169,20 +169,37 @@ class ScoringPolicy:
         return {"score": float(score[0]), "threshold": cut, "decision": decision}
 
     # ------------------------------------------------------------------------- ROC curves
-    def roc_data(self, preds: Predictions, level: str = "image") -> tuple[np.ndarray, np.ndarray]:
-        """(is_positive [N], score [N]) for `reporting.plot_roc`, per image or per subject."""
+    def roc_data(
+        self, preds: Predictions, level: str = "image", cutoffs: Mapping | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(is_positive [N], score [N]) for `reporting.plot_roc`, per image or per subject.
+
+        The subject scores of "predictive_index" and "majority" count the slices called positive
+        at the image cut-off of `cutoffs`, the one the tables use ({} or None: the default).
+        """
         score = preds.probs[:, self.positive]
         if level == "image":
             return preds.label == self.positive, score
         _, s_score, s_label = stats.aggregate_by_subject(
-            score, preds.label, preds.subject_id, self.subject_method
+            score,
+            preds.label,
+            preds.subject_id,
+            self.subject_method,
+            threshold=self.image_cutoff(cutoffs),
         )
         return s_label == self.positive, s_score
 
-    def plot_rocs(self, named: Mapping[str, Predictions], path_stem) -> None:
-        """Image-wise and subject-wise ROC PNGs of several prediction sets (`<stem>_image.png`)."""
+    def plot_rocs(
+        self, named: Mapping[str, Predictions], path_stem, cutoffs: Mapping | None = None
+    ) -> None:
+        """Image-wise and subject-wise ROC PNGs of several prediction sets (`<stem>_image.png`).
+
+        `cutoffs` maps a set's name to its cut-offs (`roc_data`); a name not in it gets the
+        defaults.
+        """
+        cutoffs = cutoffs or {}
         for level in ("image", "subject"):
-            curves = {n: self.roc_data(p, level) for n, p in named.items()}
+            curves = {n: self.roc_data(p, level, cutoffs.get(n)) for n, p in named.items()}
             reporting.plot_roc(
                 curves,
                 f"{path_stem}_{level}.png",

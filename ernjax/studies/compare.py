@@ -113,8 +113,11 @@ def summarize(
     """
     scoring = ScoringPolicy.from_config(config.eval, test[names[0]].class_names)
     positive = scoring.positive
-    results = {n: scoring.score(test[n], scoring.cutoffs(val[n])) for n in names}
-    delong = delong_table(test, names, scoring, reference=reference, all_pairs=all_pairs)
+    cutoffs = {n: scoring.cutoffs(val[n]) for n in names}  # each run's, chosen on its validation
+    results = {n: scoring.score(test[n], cutoffs[n]) for n in names}
+    delong = delong_table(
+        test, names, scoring, reference=reference, all_pairs=all_pairs, cutoffs=cutoffs
+    )
     ttests = {
         n: stats.one_sample_ttests(
             test[n].probs[:, positive], test[n].label, test[n].class_names, positive=positive
@@ -124,7 +127,7 @@ def summarize(
     with atomic.staged():
         atomic.write_text(workdir / "delong.md", delong)
         atomic.write_text(workdir / "ttests.md", reporting.format_ttests(ttests, fmt="markdown"))
-        scoring.plot_rocs(test, workdir / "roc_test")
+        scoring.plot_rocs(test, workdir / "roc_test", cutoffs)
         reporting.write_tables(workdir, "compare", results)
     print(reporting.format_table(results), flush=True)
     print(delong, flush=True)
@@ -138,6 +141,7 @@ def delong_table(
     split: str = "test split",
     reference: str | None = None,
     all_pairs: bool = False,
+    cutoffs: dict | None = None,
 ) -> str:
     """Markdown: DeLong z and p of run AUCs against a reference run's, or of all pairs, per level.
 
@@ -151,6 +155,9 @@ def delong_table(
       split: names the predictions compared in the title (e.g. "pooled out-of-fold").
       reference: the run the others are tested against; None = the first of `names`.
       all_pairs: test every pair of runs instead (the earlier run of a pair is its reference).
+      cutoffs: run name -> the cut-offs its table row uses (`ScoringPolicy.cutoffs`), so that a
+        subject rule that counts slices called positive counts them at the same image cut-off
+        here; a run not in it gets the defaults.
 
     Raises:
       ValueError: an unknown reference, or runs that predicted different test examples or gave
@@ -180,8 +187,8 @@ def delong_table(
     for level in reporting.LEVELS:  # subject rows first, as in every table
         rows = []
         for a, b in pairs:
-            ya, sa = scoring.roc_data(test[a], level)
-            _, sb = scoring.roc_data(test[b], level)
+            ya, sa = scoring.roc_data(test[a], level, (cutoffs or {}).get(a))
+            _, sb = scoring.roc_data(test[b], level, (cutoffs or {}).get(b))
             z, p = stats.delong_test(ya.astype(int), sb, sa, positive=1)
             auc_b, auc_a = stats.delong_covariance(ya, [sb, sa])[0]
             rows.append((b, auc_b, auc_a, z, p, a))

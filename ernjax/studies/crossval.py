@@ -18,6 +18,7 @@ roc_out_of_fold_*.png; with `config.train.select_checkpoint = "last"` no fold's 
 predictions took part in choosing its model, so the pooled figure is unbiased.
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -90,17 +91,40 @@ def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:
     pooled = concat(val)
     results["pooled out-of-fold"] = scoring.score(pooled)
     if has_test:
-        cutoffs = scoring.cutoffs(pooled)
         ens = ensemble_predictions(test, scoring.positive, ensemble, fold_cutoffs)
-        results[f"ensemble ({ensemble}) test"] = scoring.score(
-            ens, cutoffs if ensemble == "mean" else None
-        )
+        cutoffs = ensemble_cutoffs(scoring, val, ensemble, fold_cutoffs)
+        results[f"ensemble ({ensemble}) test"] = scoring.score(ens, cutoffs)
         curves = {f"fold {f}": p for f, p in enumerate(test)} | {"ensemble": ens}
-        _write(workdir, scoring, results, curves, "roc_test")
+        named_cutoffs = {f"fold {f}": c for f, c in enumerate(fold_cutoffs)}
+        _write(workdir, scoring, results, curves, "roc_test", named_cutoffs | {"ensemble": cutoffs})
     else:
         curves = {f"fold {f}": p for f, p in enumerate(val)} | {"pooled": pooled}
         _write(workdir, scoring, results, curves, "roc_out_of_fold")
     return results
+
+
+def ensemble_cutoffs(
+    scoring: ScoringPolicy, val: list[Predictions], method: str, fold_cutoffs: list[dict]
+) -> dict:
+    """The fold ensemble's cut-offs, chosen on the pooled out-of-fold predictions.
+
+    No model of the ensemble saw all of them in training, so they stand in for the ensemble's
+    validation split. "mean" averages probabilities, so its cut-offs are those of the pooled
+    probabilities. "majority" calls an example positive when most models do, so its image
+    cut-off is 0.5 on the vote fraction; the subject cut-off of "predictive_index" (the fraction
+    of a subject's slices called positive) is tuned on the pooled slices called positive by
+    their own fold's model at that fold's cut-off, as one model's vote.
+    """
+    pooled = concat(val)
+    if method == "mean":
+        return scoring.cutoffs(pooled)
+    votes = concat(
+        [
+            ensemble_predictions([v], scoring.positive, "majority", [c])
+            for v, c in zip(val, fold_cutoffs, strict=True)
+        ]
+    )
+    return dataclasses.replace(scoring, tune_threshold=False).cutoffs(votes)
 
 
 def delong_against(config, workdir, others, k: int) -> str:
@@ -185,9 +209,11 @@ def ensemble_predictions(
     return Predictions(list(first.subject_id), first.label.copy(), probs, first.class_names)
 
 
-def _write(workdir: Path, scoring: ScoringPolicy, results, curves, roc_name: str) -> None:
+def _write(
+    workdir: Path, scoring: ScoringPolicy, results, curves, roc_name: str, cutoffs=None
+) -> None:
     """The ROC figures and crossval.*, renamed into place together (crossval.json last)."""
     with atomic.staged():
-        scoring.plot_rocs(curves, workdir / roc_name)
+        scoring.plot_rocs(curves, workdir / roc_name, cutoffs)
         reporting.write_tables(workdir, "crossval", results)
     print(reporting.format_table(results), flush=True)
