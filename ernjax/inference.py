@@ -224,7 +224,7 @@ def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: in
     with tempfile.TemporaryDirectory() as tmp:
         subject = preprocess(run, subject, Path(tmp))
         x, slices, vol = examples(run, subject)
-        probs = _probabilities(run, x)
+        probs = probabilities(run, x)
         report = _report(run, subject.subject_id, probs, slices)
         with atomic.staged():
             if cam:
@@ -234,7 +234,8 @@ def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: in
     return report
 
 
-def _probabilities(run: TrainedRun, x: np.ndarray) -> np.ndarray:
+def probabilities(run: TrainedRun, x: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, K] (float64) of the run's model on images x [N, *shape, C]."""
     forward = nnx.jit(lambda m, b: jax.nn.softmax(m(b)))
     size = int(run.config.eval.batch_size)
     out = []
