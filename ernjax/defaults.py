@@ -75,7 +75,14 @@ def base_config() -> ml_collections.ConfigDict:
             qc=True,  # per-subject QC PNGs and an index, outliers first
         )
     )
-    d.split = ml_collections.ConfigDict(dict(test=0.2, validation=0.2, folds=5, seed=0))
+    # Stratified, by-patient split: test and validation fractions of each class, k folds, seed.
+    # `file`: a split file (subject_id,group,split,fold, as every run writes to WORKDIR/split.csv)
+    # that fixes each listed subject's split and fold; "" = split by the fractions and the seed
+    # (ernjax.data.split_file says what happens to subjects added or removed since).
+    d.split = ml_collections.ConfigDict(dict(test=0.2, validation=0.2, folds=5, seed=0, file=""))
+    # labels.csv column (e.g. "patient_id") whose equal values keep subjects (scans, sessions of
+    # one patient) in one split and one fold; "" = each subject is its own group.
+    d.group_column = ""
     d.fold = -1  # -1: train/validation as built; k >= 0: fold k of train+validation validates
     d.augment = ml_collections.ConfigDict(
         dict(enabled=True, flip=True, rotate_deg=10.0, scale=0.1, intensity=0.1)
@@ -108,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.weight_decay = 1e-4
     t.grad_clip = 1.0  # global-norm clip, 0 to disable
     t.class_weights = ()  # () = n_total / (n_classes * n_class) from the training split
+    # What n counts for those default weights: "images" (slices or volumes: each class then
+    # weighs the same in the loss, which sums over images) or "subjects" (patients: Gao 2020's
+    # 1.5 / 0.75 come from its 96 recurrence vs 50 necrosis patients). "images" balances the
+    # loss the network is trained on when the classes have different numbers of lesion slices.
+    t.class_weight_counts = "images"
     # "shuffle": every training example once per pass, the loss class-weighted (class_weights);
     # "balanced": examples drawn so that each class is equally frequent (the rarer classes'
     # examples repeated), the loss unweighted unless class_weights is given. An epoch is the

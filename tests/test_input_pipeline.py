@@ -32,6 +32,9 @@ def test_data_info(setup):
     assert info.image_shape == (8, 8, 8, 3) and info.kind == "volumes3d"
     assert info.num_examples == {"train": 6, "validation": 2, "test": 2}
     assert sum(info.train_class_counts) == 6
+    train_subjects = set(info.subject_ids("train"))
+    assert sum(info.train_subject_class_counts) == len(train_subjects)  # one volume per subject
+    assert info.train_subject_class_counts == info.train_class_counts
     assert ip.steps_per_epoch(info, 4) == 1
 
 

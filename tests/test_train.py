@@ -53,6 +53,7 @@ class FakeInfo:
     class_names: tuple
     num_examples: dict
     train_class_counts: tuple
+    train_subject_class_counts: tuple
     skipped: tuple = ()
 
     def subject_ids(self, split: str) -> list[str]:
@@ -153,6 +154,7 @@ class FakePipeline:
             class_names=CLASSES,
             num_examples=dict(SIZES),
             train_class_counts=(labels.count(0), labels.count(1)),
+            train_subject_class_counts=(labels[::2].count(0), labels[::2].count(1)),
         )
 
     def steps_per_epoch(self, info, global_batch):
@@ -588,6 +590,7 @@ def test_recipe_settings_fail_before_any_data_work(tmp_path):
         ("train.sampling", "stratified", "config.train.sampling='stratified'"),
         ("train.ema_decay", 1.0, "config.train.ema_decay=1.0"),
         ("model.norm", "layer", "config.model.norm='layer'"),
+        ("train.class_weight_counts", "slices", "class_weight_counts='slices': expected"),
     ):
         config = tiny_config()
         section, name = field.split(".")
@@ -598,6 +601,29 @@ def test_recipe_settings_fail_before_any_data_work(tmp_path):
     config.model.norm, config.model.init_from = "group", str(tmp_path / "medicalnet.pth")
     with pytest.raises(ValueError, match="PyTorch weights carry BatchNorm statistics"):
         loop.train_and_evaluate(config, tmp_path, pipeline=NoData())
+
+
+@pytest.mark.parametrize("counted", ["images", "subjects"])
+def test_class_weights_count_images_or_subjects(tmp_path, monkeypatch, counted):
+    # Gao 2020's 1.5 / 0.75 are patient counts; the default counts the images the loss sums.
+    seen = []
+    build = train_steps.build_training
+
+    def spy(config, model, class_counts, spe):
+        seen.append(tuple(class_counts))
+        return build(config, model, class_counts, spe)
+
+    monkeypatch.setattr(loop, "build_training", spy)
+
+    class Counts(FakePipeline):
+        def prepare(self, config, workdir):
+            info = super().prepare(config, workdir)
+            return dataclasses.replace(info, train_subject_class_counts=(3, 5))
+
+    config = tiny_config(num_epochs=1, class_weight_counts=counted)
+    loop.train_and_evaluate(config, tmp_path, pipeline=Counts())
+    info = FakePipeline().prepare(config, tmp_path)
+    assert seen == [info.train_class_counts if counted == "images" else (3, 5)]
 
 
 def test_balanced_sampling_trains_with_unit_class_weights():

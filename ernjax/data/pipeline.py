@@ -219,7 +219,8 @@ class DataLayout(Protocol):
     image_shape: tuple[int, ...]  # per example, channels last
     class_names: tuple[str, ...]
     num_examples: dict[str, int]  # per split after fold selection; 0 or absent: no such split
-    train_class_counts: tuple[int, ...]
+    train_class_counts: tuple[int, ...]  # training examples per class
+    train_subject_class_counts: tuple[int, ...]  # training subjects per class
     skipped: tuple[dict, ...]  # subjects left out under config.data.on_error="skip"
 
     def subject_ids(self, split: str) -> list[str]:

@@ -1,8 +1,9 @@
 """Cohort -> records -> data layout: the one call a run makes before it trains.
 
 `prepare` writes the synthetic cohort when no cohort is configured, builds the records (process 0
-first, the others after a barrier), and selects the fold; it returns a `DataInfo`, which is all
-the trainer and the Grain pipeline need to know about the data.
+first, the others after a barrier), writes the split to WORKDIR/split.csv (`split_file`), and
+selects the fold; it returns a `DataInfo`, which is all the trainer and the Grain pipeline need
+to know about the data.
 """
 
 import dataclasses
@@ -14,7 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ernjax.data import records as records_lib
-from ernjax.data import splits, synthetic
+from ernjax.data import split_file, splits, synthetic
+from ernjax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 # How long the other processes wait for process 0 to write the cohort and build the records
@@ -32,7 +34,8 @@ class DataInfo:
     image_shape: tuple[int, ...]  # per example, channels last
     class_names: tuple[str, ...]
     num_examples: dict[str, int]  # "train", "validation", "test" after fold selection
-    train_class_counts: tuple[int, ...]
+    train_class_counts: tuple[int, ...]  # training examples (slices or volumes) per class
+    train_subject_class_counts: tuple[int, ...]  # training subjects (patients) per class
     parts: dict[str, tuple[tuple[str, int], ...]]  # split -> (stored split, record index) pairs
     # Subjects left out under on_error="skip": {"subject_id", "file" (relative to the cohort
     # folder), "problem"} each, for results.json and the printed summary.
@@ -72,9 +75,13 @@ def prepare(config, workdir) -> DataInfo:
       k >= 0: fold k of the non-test subjects validates, the other folds train).
     """
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
+    split_csv = _split_csv(config, workdir)
     if jax.process_index() == 0:
         cohort = cohort_dir(config, workdir)
         recs = records_lib.build(config.data, cohort, records_dir)
+        # The one place a run's split is written: what a study publishes, and feeds back as
+        # config.data.split.file to keep it when subjects are added or removed.
+        split_file.write(split_csv, recs.index["assignment"])
     if jax.process_count() > 1:
         # Process 0 writes the cohort and the records; the others then find them on a shared
         # file system (or, without one, build their own copy after the barrier).
@@ -94,6 +101,7 @@ def prepare(config, workdir) -> DataInfo:
         train_class_counts=tuple(
             int(np.sum(np.equal(labels["train"], k))) for k in range(n_classes)
         ),
+        train_subject_class_counts=_subject_counts(recs.index["splits"], parts["train"], n_classes),
         parts=parts,
         skipped=tuple(_skip_entry(x, cohort) for x in recs.index["skipped"]),
     )
@@ -104,6 +112,31 @@ def prepare(config, workdir) -> DataInfo:
         dict(zip(info.class_names, info.train_class_counts, strict=True)),
     )
     return info
+
+
+def _subject_counts(stored: dict, parts, n_classes: int) -> tuple[int, ...]:
+    """Subjects per class among the examples `parts` ((stored split, index) pairs)."""
+    label_of = {stored[p]["subject_id"][i]: stored[p]["label"][i] for p, i in parts}
+    labels = list(label_of.values())
+    return tuple(labels.count(k) for k in range(n_classes))
+
+
+def _split_csv(config, workdir) -> Path:
+    """WORKDIR/split.csv, which the run writes; InputError when it is also the run's input.
+
+    Rewriting the input would drop from it the subjects missing now, and with them the split
+    they had in the study.
+    """
+    out = Path(workdir) / split_file.SPLIT_CSV
+    given = config.data.split.get("file", "")
+    if given and Path(given).resolve() == out.resolve():
+        raise InputError(
+            "",
+            given,
+            f"config.data.split.file is the {split_file.SPLIT_CSV} this run writes; copy it "
+            f"(cp {given} study_split.csv) and give the copy",
+        )
+    return out
 
 
 def wait_for_all_processes(name: str, timeout_s: int) -> None:

@@ -68,6 +68,11 @@ def _check_settings(config) -> SelectMetric:
             "'best' or 'last'"
         )
     t = config.train
+    if t.get("class_weight_counts", "images") not in ("images", "subjects"):
+        raise ValueError(
+            f"config.train.class_weight_counts={t.class_weight_counts!r}: expected 'images' or "
+            "'subjects'"
+        )
     if t.sampling not in ("shuffle", "balanced"):
         raise ValueError(f"config.train.sampling={t.sampling!r}: expected 'shuffle' or 'balanced'")
     if not 0.0 <= t.ema_decay < 1.0:
@@ -86,6 +91,15 @@ def _check_settings(config) -> SelectMetric:
         if size % n:
             raise ValueError(f"config.{name}={size} must be a multiple of the {n} devices")
     return SelectMetric(config.train.select_metric)
+
+
+def _weights_source(train_config, counted: str, counts) -> str:
+    """Says where the class weights came from, for the log."""
+    if train_config.class_weights:
+        return "config.train.class_weights"
+    if train_config.sampling == "balanced":
+        return "balanced sampling: unweighted"
+    return f"from training {counted} per class {list(counts)}"
 
 
 def _check_data(config, info: DataLayout) -> None:
@@ -112,12 +126,15 @@ def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
             report.write_json(workdir / "init_report.json")
-    steps, schedule, weights = build_training(config, model, info.train_class_counts, spe)
+    counted = config.train.get("class_weight_counts", "images")
+    counts = info.train_subject_class_counts if counted == "subjects" else info.train_class_counts
+    steps, schedule, weights = build_training(config, model, counts, spe)
     logging.info(
-        "model %s: %d parameters; class weights %s; %d steps per epoch on %d devices",
+        "model %s: %d parameters; class weights %s (%s); %d steps per epoch on %d devices",
         config.model.name,
         steps.num_params,
         dict(zip(info.class_names, [round(float(w), 3) for w in weights], strict=True)),
+        _weights_source(config.train, counted, counts),
         spe,
         jax.device_count(),
     )
