@@ -29,6 +29,8 @@ def changed(name: str, value):
         return next(k for k in spec.KINDS if k != value)
     if name == "roi":
         return next(r for r in spec.ROIS if r != value)
+    if name == "file":  # split.file: the name hashes the file's content, so it must exist
+        return str(DUMMY / "labels.csv")
     if isinstance(value, bool):  # before int: a bool is an int
         return not value
     if isinstance(value, str):
@@ -104,8 +106,10 @@ def test_settings_outside_the_spec_keep_the_name():
 
 
 def test_default_roi_settings_keep_the_records_name(base):
-    # the name of records built before the ROI settings existed: the hash of to_dict() then
-    before = {k: v for k, v in base.to_dict().items() if k not in spec.ROI_DEFAULTS}
+    # the name of records built before the ROI and group settings existed: to_dict()'s hash then
+    later = {*spec.ROI_DEFAULTS, "group_column"}
+    before = {k: v for k, v in base.to_dict().items() if k not in later}
+    before["split"] = {k: v for k, v in before["split"].items() if k != "file"}
     assert base.hashed() == before
     key = {**before, "cohort_dir": str(DUMMY.resolve())}
     key["fingerprint"] = records.cohort_fingerprint(DUMMY.resolve())

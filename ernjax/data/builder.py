@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ernjax.data import cohort as cohort_lib
-from ernjax.data import samples, splits
+from ernjax.data import samples, split_file, splits
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 
@@ -130,7 +130,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if not cohort.subjects:
             raise ValueError(f"cohort {cfg.cohort_dir}: no usable subject")
         labels_csv = Path(cfg.cohort_dir) / "labels.csv"
-        _check_split(cohort.subjects, cohort.skipped, spec, labels_csv)  # before the (long) loading
+        # The groups, the split file and the split are checked before the (long) loading.
+        groups = _groups(cohort.subjects, spec.group_column, labels_csv)
+        fixed = split_file.read(spec.split.file, spec.split.folds) if spec.split.file else None
+        _check_split(cohort.subjects, cohort.skipped, spec, labels_csv, groups, fixed)
         workers = int(cfg.build_workers or os.cpu_count() or 1)
         folder = Path(dl_manager.download_dir) / "subjects"
         loaded, skipped = _load_all(cohort.subjects, spec, folder, workers)
@@ -139,16 +142,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # subject (AUC undefined) and scored a meaningless checkpoint.
         subjects = [x for x in cohort.subjects if x.subject_id in loaded]
         skipped = sorted(cohort.skipped + skipped, key=lambda x: x["subject_id"])
-        _check_split(subjects, skipped, spec, labels_csv)
-        s = spec.split
-        assignment = splits.assign_splits(
-            [x.subject_id for x in subjects],
-            [x.label for x in subjects],
-            test=s.test,
-            validation=s.validation,
-            folds=s.folds,
-            seed=s.seed,
-        )
+        _check_split(subjects, skipped, spec, labels_csv, groups, fixed)
+        assignment = _assign(subjects, groups, spec, fixed)
         self.info.metadata["assignment"] = assignment
         self.info.metadata["skipped"] = skipped
         # The settings the records were built from, as they always were stored (a flat dict).
@@ -173,17 +168,90 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             Path(path).unlink(missing_ok=True)  # written: free the disk as the build goes
 
 
-def _check_split(subjects, skipped, spec: SampleSpec, labels_csv: Path) -> None:
-    """InputError naming labels.csv when a split would lack a class (see splits.split_problem)."""
+def _groups(subjects, column: str, labels_csv: Path) -> dict[str, str]:
+    """subject_id -> its group: the labels.csv `column` (config.data.group_column), or itself.
+
+    Raises:
+      InputError: no such column in labels.csv, or a subject with an empty cell there.
+    """
+    if not column:
+        return {x.subject_id: x.subject_id for x in subjects}
+    if subjects and column not in subjects[0].metadata:
+        found = ["subject_id", "label", *subjects[0].metadata]
+        raise InputError(
+            "",
+            labels_csv,
+            f"no column {column!r} (config.data.group_column); the columns are {found}",
+        )
+    for x in subjects:
+        if not x.metadata[column]:
+            raise InputError(
+                x.subject_id,
+                labels_csv,
+                f"no {column} (config.data.group_column): give every subject its group (its "
+                "own subject_id when no other subject shares it)",
+            )
+    return {x.subject_id: x.metadata[column] for x in subjects}
+
+
+def _assign(subjects, groups: dict, spec: SampleSpec, fixed: dict | None) -> dict[str, dict]:
+    """The split of the subjects: by `spec.split` and the groups, or the split file's."""
+    s = spec.split
+    ids = [x.subject_id for x in subjects]
+    labels = [x.label for x in subjects]
+    of = [groups[i] for i in ids]
+    for group, members in splits.mixed_groups(ids, labels, of).items():
+        logging.warning(
+            "group %s (%s) holds subjects of different classes (%s): it is stratified by its "
+            "majority label and kept in one split",
+            group,
+            spec.group_column,
+            ", ".join(members),
+        )
+    if fixed is None:
+        return splits.assign_splits(
+            ids, labels, test=s.test, validation=s.validation, folds=s.folds, seed=s.seed, groups=of
+        )
+    return split_file.apply(
+        fixed, ids, labels, of, validation=s.validation, folds=s.folds, seed=s.seed, path=s.file
+    )
+
+
+def _check_split(subjects, skipped, spec: SampleSpec, labels_csv: Path, groups, fixed) -> None:
+    """InputError naming labels.csv when a split would lack a class (see splits.split_problem).
+
+    With groups the classes count groups (patients), by their majority label. With a split file
+    (`fixed`) its test and validation splits must each still hold every class after the
+    subjects it lists but the cohort lacks are dropped (a split without a class has no AUC).
+    """
+    if fixed is not None:
+        _check_file_split(subjects, spec, fixed)
+        return
+    ids = [x.subject_id for x in subjects]
+    of = splits.group_labels([x.label for x in subjects], [groups[i] for i in ids])
     problem = splits.split_problem(
-        [x.label for x in subjects],
+        list(of.values()),
         spec.classes,
         test=spec.split.test,
         validation=spec.split.validation,
         skipped=[x["subject_id"] for x in skipped],
+        unit=f"patients ({spec.group_column})" if spec.group_column else "subjects",
     )
     if problem:
         raise InputError("", labels_csv, problem)
+
+
+def _check_file_split(subjects, spec: SampleSpec, fixed: dict) -> None:
+    """InputError naming the split file when its test or validation split lacks a class."""
+    for split in ("validation", "test"):
+        held = {x.label for x in subjects if fixed.get(x.subject_id, {}).get("split") == split}
+        if held and (lacking := [c for k, c in enumerate(spec.classes) if k not in held]):
+            raise InputError(
+                "",
+                spec.split.file,
+                f"the {split} split of the file holds no {' or '.join(lacking)} subject of the "
+                "cohort (a split without a class has no AUC): give it one in the file",
+            )
 
 
 def _write_examples(subject, spec: SampleSpec, path: str) -> str:

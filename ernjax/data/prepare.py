@@ -16,7 +16,6 @@ import orbax.checkpoint as ocp
 
 from ernjax.data import records as records_lib
 from ernjax.data import split_file, splits, synthetic
-from ernjax.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 # How long the other processes wait for process 0 to write the cohort and build the records
@@ -75,7 +74,7 @@ def prepare(config, workdir) -> DataInfo:
       k >= 0: fold k of the non-test subjects validates, the other folds train).
     """
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
-    split_csv = _split_csv(config, workdir)
+    split_csv = split_file.output_path(workdir, config.data.split.get("file", ""))
     if jax.process_index() == 0:
         cohort = cohort_dir(config, workdir)
         recs = records_lib.build(config.data, cohort, records_dir)
@@ -119,24 +118,6 @@ def _subject_counts(stored: dict, parts, n_classes: int) -> tuple[int, ...]:
     label_of = {stored[p]["subject_id"][i]: stored[p]["label"][i] for p, i in parts}
     labels = list(label_of.values())
     return tuple(labels.count(k) for k in range(n_classes))
-
-
-def _split_csv(config, workdir) -> Path:
-    """WORKDIR/split.csv, which the run writes; InputError when it is also the run's input.
-
-    Rewriting the input would drop from it the subjects missing now, and with them the split
-    they had in the study.
-    """
-    out = Path(workdir) / split_file.SPLIT_CSV
-    given = config.data.split.get("file", "")
-    if given and Path(given).resolve() == out.resolve():
-        raise InputError(
-            "",
-            given,
-            f"config.data.split.file is the {split_file.SPLIT_CSV} this run writes; copy it "
-            f"(cp {given} study_split.csv) and give the copy",
-        )
-    return out
 
 
 def wait_for_all_processes(name: str, timeout_s: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from ernjax.data import builder as builder_lib
+from ernjax.data import split_file
 from ernjax.data.spec import SampleSpec
 
 INDEX = "index.json"
@@ -36,7 +37,7 @@ class Records:
     Attributes:
       path: the dataset directory (holds the array_record shards and dataset_info.json).
       index: {"splits": {split: {"subject_id": [...], "label": [...]}}, "image_shape": [...],
-        "class_names": [...], "kind": str, "assignment": {subject: {"split", "fold"}},
+        "class_names": [...], "kind": str, "assignment": {subject: {"split", "fold", "group"}},
         "skipped": [...]}; list positions are the record indices of each split.
     """
 
@@ -74,6 +75,7 @@ def dataset_name(spec: SampleSpec, cohort_dir) -> str:
       spec: the SampleSpec, hashed whole (`hashed`: the ROI fields only when not at their
         defaults), so no setting can be left out.
       cohort_dir: the cohort folder; its resolved path and `cohort_fingerprint` are hashed too.
+        A split file (`config.data.split.file`) is hashed by its content (`split_file.digest`).
 
     Returns:
       The name (the same as before SampleSpec existed, for the same settings).
@@ -83,6 +85,10 @@ def dataset_name(spec: SampleSpec, cohort_dir) -> str:
     # records built then keep their name.
     key = {**spec.hashed(), "cohort_dir": str(cohort_dir)}
     key["fingerprint"] = cohort_fingerprint(cohort_dir)
+    if spec.split.file:
+        # The split file decides the split by its content: records built from another file (or
+        # from this one before an edit) are not reused, the same file moved elsewhere is.
+        key["split"] = {**key["split"], "file": split_file.digest(spec.split.file)}
     if spec.on_error == "skip":
         # Records from before subjects were loaded ahead of the split could hold a split that a
         # load-time skip had left without a class: never reuse those (on_error="raise" records

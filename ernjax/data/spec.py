@@ -72,9 +72,13 @@ class SplitSpec:
     validation: float
     folds: int
     seed: int
+    # A study's split file (subject_id,group,split,fold: ernjax.data.split_file); "" = none.
+    # The records' name hashes the file's content, not this path (`records.dataset_name`).
+    file: str = ""
 
     def __post_init__(self):
-        for name, cast in (("test", float), ("validation", float), ("folds", int), ("seed", int)):
+        casts = (("test", float), ("validation", float), ("folds", int), ("seed", int))
+        for name, cast in (*casts, ("file", str)):
             object.__setattr__(self, name, cast(getattr(self, name)))
 
 
@@ -103,6 +107,7 @@ class SampleSpec:
     roi_size_mm: tuple[float, ...] = ROI_DEFAULTS["roi_size_mm"]
     centre_column: str = ROI_DEFAULTS["centre_column"]
     mask_channel: bool = ROI_DEFAULTS["mask_channel"]
+    group_column: str = ""  # labels.csv column whose equal values split together ("" = none)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -160,15 +165,18 @@ class SampleSpec:
         return json.loads(json.dumps(d))
 
     def hashed(self) -> dict:
-        """`to_dict` less the ROI fields at their defaults: what the records' name hashes.
+        """`to_dict` less the fields added later, where at their defaults: what the name hashes.
 
-        Every other value is kept, so that any change of any field changes the name, while the
-        default settings keep the name they had before the ROI fields existed.
+        Those are the ROI fields, `group_column` and `split.file`. Every other value is kept,
+        so that any change of any field changes the name, while the default settings keep the
+        name they had before those fields existed.
         """
         d = self.to_dict()
-        for name, default in ROI_DEFAULTS.items():
+        for name, default in {**ROI_DEFAULTS, "group_column": ""}.items():
             if getattr(self, name) == default:
                 del d[name]
+        if not self.split.file:
+            del d["split"]["file"]
         return d
 
     @property

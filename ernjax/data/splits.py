@@ -1,15 +1,23 @@
-"""Patient-level splits: stratified by label, grouped by subject, seeded; plus k folds.
+"""Patient-level splits: stratified by label, grouped by patient, seeded; plus k folds.
 
-Rules (the subject is the unit, so no subject is ever in two splits):
-- Within each class the subjects are sorted by ID and shuffled with `seed`, so the result depends
-  only on the (subject, label) pairs and the seed, not on the input order.
-- Test: round(test * n) subjects of a class of n, at least 1 when n >= 2 (every class that can
+The unit of the split is a group: by default each subject is its own group; with
+`config.data.group_column` (say patient_id in labels.csv) the subjects (scans, sessions) of one
+patient form one group, and a group goes whole to one split and one fold, so no patient is ever
+in two splits. Fractions and folds then count groups (patients), not scans.
+A group is stratified by its majority label (a tie goes to the lower class index): a patient may
+have a necrosis at one scan and a recurrence at a later one, which is no error in the data;
+`mixed_groups` names such groups so the builder can warn about them.
+
+Rules:
+- Within each class the groups are sorted by ID and shuffled with `seed`, so the result depends
+  only on the (subject, label, group) triples and the seed, not on the input order.
+- Test: round(test * n) groups of a class of n, at least 1 when n >= 2 (every class that can
   spare one is tested; Gao 2020 split 80:20 by patient), never all of a class.
 - Validation: round(validation * m) of the m remaining, at least 1 when m >= 2.
-- A class of 1 subject goes to train. Rounding is half-up per class; with tiny classes (BraTS
+- A class of 1 group goes to train. Rounding is half-up per class; with tiny classes (BraTS
   2018: 4 LGG of 21) the fractions are only approximate, by design.
-- Folds: the non-test subjects of each class are dealt round-robin into `folds` folds, continuing
-  from class to class, so folds are stratified and differ in size by at most one.
+- Folds: the non-test groups of each class are dealt round-robin into `folds` folds, continuing
+  from class to class, so folds are stratified and differ in size (in groups) by at most one.
   `select_fold(k)` then validates on fold k and trains on the other folds; the test set never
   moves.
 Whether a class reaches a split depends only on the class's size, so `split_problem` can say
@@ -18,6 +26,7 @@ before any assignment which split would lack which class (a split without a clas
 
 import itertools
 import math
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,47 +54,88 @@ def assign_splits(
     validation: float,
     folds: int,
     seed: int,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Assigns every subject to train/validation/test and to a cross-validation fold.
 
     Args:
       subject_ids: unique subject IDs.
       labels: the class of each subject (None for unlabeled subjects: one more stratum).
-      test: fraction of each class held out for testing.
-      validation: fraction of each class's remaining subjects used for validation.
-      folds: number of cross-validation folds over the non-test subjects (>= 1).
+      test: fraction of each class's groups held out for testing.
+      validation: fraction of each class's remaining groups used for validation.
+      folds: number of cross-validation folds over the non-test groups (>= 1).
       seed: the shuffling seed.
+      groups: the group (patient) of each subject; None: each subject is its own group (the
+        assignment is then the same as before groups existed). A group is stratified by its
+        majority label (`group_labels`).
 
     Returns:
       subject_id -> {"split": "train" | "validation" | "test", "fold": k in 0..folds-1, -1
-      for test subjects}.
+      for test subjects, "group": the subject's group}; the subjects of a group share split
+      and fold.
 
     Raises:
       ValueError: duplicate subject IDs, lengths that differ, or fractions out of range.
     """
-    if len(subject_ids) != len(labels):
-        raise ValueError(f"{len(subject_ids)} subject IDs but {len(labels)} labels")
+    groups = list(subject_ids) if groups is None else list(groups)
+    if not len(subject_ids) == len(labels) == len(groups):
+        raise ValueError(
+            f"{len(subject_ids)} subject IDs but {len(labels)} labels and {len(groups)} groups"
+        )
     if len(set(subject_ids)) != len(subject_ids):
         raise ValueError("subject IDs must be unique: a subject is the unit of the split")
     if not (0 <= test < 1 and 0 <= validation < 1 and folds >= 1):
         raise ValueError(f"need 0 <= test, validation < 1 and folds >= 1: {test}, {validation}")
+    of_group = group_labels(labels, groups)
+    per_group = _assign_units(
+        list(of_group), list(of_group.values()), test, validation, folds, seed
+    )
+    return {sid: {**per_group[g], "group": g} for sid, g in zip(subject_ids, groups, strict=True)}
+
+
+def _assign_units(units, labels, test, validation, folds, seed) -> dict[str, dict]:
+    """The split rule of the module docstring on units (groups) with one label each."""
     rng = np.random.default_rng(seed)
     out = {}
     dealt = 0  # the round-robin continues across classes so folds stay balanced in size
     for label in sorted(set(labels), key=lambda x: (x is None, x)):
-        ids = sorted(s for s, lab in zip(subject_ids, labels, strict=True) if lab == label)
+        ids = sorted(u for u, lab in zip(units, labels, strict=True) if lab == label)
         ids = [ids[i] for i in rng.permutation(len(ids))]
         n = len(ids)
         sizes = _sizes(n, test, validation)
         n_test, n_val = sizes["test"], sizes["validation"]
-        for i, sid in enumerate(ids):
+        for i, uid in enumerate(ids):
             if i < n_test:
-                out[sid] = {"split": "test", "fold": -1}
+                out[uid] = {"split": "test", "fold": -1}
             else:
                 split = "validation" if i < n_test + n_val else "train"
-                out[sid] = {"split": split, "fold": (dealt + i - n_test) % folds}
+                out[uid] = {"split": split, "fold": (dealt + i - n_test) % folds}
         dealt += n - n_test
     return out
+
+
+def group_labels(labels: Sequence, groups: Sequence[str]) -> dict:
+    """The label each group's subjects have most often (a tie: the lower class index, None last).
+
+    Returns:
+      group -> label, the groups in the order of their first subject.
+    """
+    counts = defaultdict(Counter)
+    for label, group in zip(labels, groups, strict=True):
+        counts[group][label] += 1
+    order = lambda x: (x is None, x)  # noqa: E731
+    return {g: min(c, key=lambda lab, c=c: (-c[lab], *order(lab))) for g, c in counts.items()}
+
+
+def mixed_groups(
+    subject_ids: Sequence[str], labels: Sequence, groups: Sequence[str]
+) -> dict[str, list[str]]:
+    """The groups whose subjects have different labels: group -> its subjects, sorted."""
+    members, seen = defaultdict(list), defaultdict(set)
+    for sid, label, group in zip(subject_ids, labels, groups, strict=True):
+        members[group].append(sid)
+        seen[group].add(label)
+    return {g: sorted(members[g]) for g in sorted(members) if len(seen[g]) > 1}
 
 
 def split_problem(
@@ -95,6 +145,7 @@ def split_problem(
     test: float,
     validation: float,
     skipped: Sequence[str] = (),
+    unit: str = "subjects",
 ) -> str:
     """Which split would lack which class, the class sizes and what to change; "" if none would.
 
@@ -107,6 +158,8 @@ def split_problem(
       test: `config.data.split.test`.
       validation: `config.data.split.validation`.
       skipped: IDs of the subjects left out (under on_error="skip"), named in the message.
+      unit: what a label counts, in words: "subjects", or the groups (patients) when subjects
+        are grouped (`labels` is then one label per group, `group_labels`).
 
     Returns:
       One paragraph for an error message, or "".
@@ -130,8 +183,8 @@ def split_problem(
         n for n in itertools.count(1) if all(_sizes(n, test, validation)[s] for s in wanted)
     )
     return (
-        f"{what}: the cohort has {have} subjects{gone}, and with config.data.split.test={test} "
-        f"and config.data.split.validation={validation} a class needs at least {need} subjects. "
+        f"{what}: the cohort has {have} {unit}{gone}, and with config.data.split.test={test} "
+        f"and config.data.split.validation={validation} a class needs at least {need} {unit}. "
         + _remedy(lacking, counts, class_names, bool(skipped))
     )
 
