@@ -323,3 +323,51 @@ def test_majority_ensemble_tunes_the_predictive_index_cutoff_on_out_of_fold_vote
     assert crossval.ensemble_cutoffs(scoring, val, "mean", fold_cutoffs) == scoring.cutoffs(
         crossval.concat(val)
     )
+
+
+def test_crossval_repeated_over_seeds_and_split_seeds_reports_the_spread(tmp_path, fake_train):
+    out = crossval.run_repeated(_config(2), tmp_path, seeds=[0, 1], split_seeds=[3, 4])
+    dealt = [(c.data.split.seed, c.seed, c.data.fold) for c, _ in fake_train.calls]
+    assert dealt == [(q, s, f) for q in (3, 4) for s in (0, 1) for f in (0, 1)]
+    assert {c.data.records_dir for c, _ in fake_train.calls} == {str(tmp_path / "records")}
+    names = ["split 3 seed 0", "split 3 seed 1", "split 4 seed 0", "split 4 seed 1"]
+    key = "pooled out-of-fold.subject.auc"
+    each = [
+        json.loads((tmp_path / n.replace(" ", "_") / "crossval.json").read_text())[key]
+        for n in names
+    ]
+    assert [out[f"{n.replace(' ', '_')}.{key}"] for n in names] == each
+    assert out[f"mean.{key}"] == pytest.approx(np.mean(each))
+    assert out[f"sd.{key}"] == pytest.approx(np.std(each, ddof=1))
+    assert json.loads((tmp_path / "crossval_seeds.json").read_text())[f"max.{key}"] == max(each)
+    table = (tmp_path / "crossval_seeds.md").read_text()
+    assert "pooled out-of-fold subject AUC" in table and "ensemble (mean) test image AUC" in table
+    assert "Repeated cross-validation" in table and "training variability" in table
+    lines = table.splitlines()
+    first_image = next(i for i, r in enumerate(lines) if "pooled out-of-fold image" in r)
+    assert "pooled out-of-fold subject AUC" in "".join(lines[:first_image])  # subject first
+    # A repeat with folds left to train defers the summary, as a single cross-validation does.
+    assert crossval.run_repeated(_config(2), tmp_path / "p", seeds=[0, 1], folds=[0]) == {}
+    assert not (tmp_path / "p" / "crossval_seeds.md").exists()
+
+
+def test_compare_over_seeds_runs_every_seed_on_the_same_data(tmp_path, fake_train):
+    sets = [("t1",), ("t1c",)]
+    out = compare.run_seeds(_config(), tmp_path, ["ern_tiny"], sets, ["0", "2"], reference="")
+    assert [(c.seed, tuple(c.data.channels)) for c, _ in fake_train.calls] == [
+        (s, chans) for s in (0, 2) for chans in sets
+    ]
+    assert {c.data.records_dir for c, _ in fake_train.calls} == {str(tmp_path / "records")}
+    key = "ern_tiny t1c.subject.auc"
+    each = [
+        json.loads((tmp_path / f"seed_{s}" / "compare.json").read_text())[
+            "ern_tiny t1c.subject.auc"
+        ]
+        for s in (0, 2)
+    ]
+    assert out[f"mean.{key}"] == pytest.approx(np.mean(each))
+    assert (tmp_path / "seed_2" / "delong.md").is_file()
+    table = (tmp_path / "compare_seeds.md").read_text()
+    assert "| ern_tiny t1 subject AUC |" in table and "seed 2" in table.splitlines()[2]
+    with pytest.raises(ValueError, match="seed given twice"):
+        compare.run_seeds(_config(), tmp_path, ["ern_tiny"], sets, ["1", "1"])

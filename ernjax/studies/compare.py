@@ -26,7 +26,7 @@ import numpy as np
 from ernjax import atomic
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.studies import runs
+from ernjax.studies import repeat, runs
 
 
 def parse_channel_sets(text: str) -> list[tuple[str, ...]]:
@@ -87,6 +87,37 @@ def run(config, workdir, models, channel_sets, reference: str = "", all_pairs=Fa
             val[name] = predictions.read_csv(out / "predictions_validation.csv")
             test[name] = predictions.read_csv(out / "predictions_test.csv")
     return summarize(config, workdir, names, val, test, reference=ref, all_pairs=all_pairs)
+
+
+def run_seeds(config, workdir, models, channel_sets, seeds, **delong) -> dict:
+    """The comparison repeated over training seeds, and the spread of every run's metrics.
+
+    Seed s runs the whole comparison (`run`, its tables and tests) in WORKDIR/seed_<s>, on the
+    study's shared cohort and records, so every seed compares the same patients. Then
+    WORKDIR/compare_seeds.md/.csv/.json: each run's metrics across seeds (`repeat.study_spread`).
+
+    Args:
+      config: the base config, as in `run`.
+      workdir: the comparison directory (seed_<s>/ inside).
+      models: model names, as in `run`.
+      channel_sets: modality tuples, as in `run`.
+      seeds: the training seeds (`repeat.parse_seeds`).
+      **delong: `reference` and `all_pairs`, as in `run`, for each seed's delong.md.
+
+    Returns:
+      The flat numbers of compare_seeds.json.
+    """
+    workdir = Path(workdir)
+    per_seed = repeat.over_seeds(
+        config,
+        workdir,
+        repeat.parse_seeds(seeds),
+        lambda c, w: run(c, w, models, channel_sets, **delong),
+    )
+    note = repeat.SEEDS_NOTE.format(split_seed=config.data.split.seed, n=len(per_seed))
+    title = f"Comparison over {len(per_seed)} training seeds ({', '.join(map(str, per_seed))})"
+    per_seed = {f"seed {s}": r for s, r in per_seed.items()}
+    return repeat.study_spread(workdir, "compare", title, per_seed, note)
 
 
 def resolve_reference(reference: str, names: list[str]) -> str | None:

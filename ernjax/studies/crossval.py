@@ -25,11 +25,12 @@ import numpy as np
 from absl import logging
 
 from ernjax import atomic
+from ernjax.data import split_file
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.studies import compare, runs
+from ernjax.studies import compare, repeat, runs
 
 
 def fold_config(config, workdir: Path, fold: int):
@@ -59,15 +60,76 @@ def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
     todo = list(folds) if folds else list(range(k))
     if bad := [f for f in todo if not 0 <= f < k]:
         raise ValueError(f"fold {bad[0]} is not in 0..{k - 1}")
+    split_csv = split_file.output_path(workdir, config.data.split.get("file", ""))
     runner = runs.Runner()  # the radiomics folds share one feature table
     for fold in todo:
         logging.info("cross-validation: fold %d of %d", fold, k)
         runner(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
+    # The study's split (and folds) beside its results: every fold's run wrote the same one.
+    if (written := workdir / f"fold_{todo[-1]}" / split_file.SPLIT_CSV).is_file():
+        atomic.write_text(split_csv, written.read_text(encoding="utf-8"))
     missing = [f for f in range(k) if not (workdir / f"fold_{f}" / "results.json").exists()]
     if missing:
         logging.info("folds %s not trained yet: no pooled summary", missing)
         return {}
     return summarize(config, workdir, k, ensemble)
+
+
+def run_repeated(
+    config, workdir, seeds=(), split_seeds=(), folds=None, ensemble: str = "mean"
+) -> dict:
+    """The cross-validation repeated over training seeds and/or split seeds, and its spread.
+
+    Each repeat is a whole `run` in its own folder of WORKDIR ("seed_1", "split_2",
+    "split_2_seed_1"), on the study's shared cohort and records. Training seeds
+    (`config.seed`) keep the folds; split seeds (`config.data.split.seed`) deal them anew
+    (repeated cross-validation). Then WORKDIR/crossval_seeds.md/.csv/.json (`repeat.study_spread`).
+
+    Args:
+      config: the full config.
+      workdir: the study directory.
+      seeds: training seeds (empty: `config.seed` only).
+      split_seeds: split seeds (empty: `config.data.split.seed` only).
+      folds: the folds to train now, as in `run`, in every repeat.
+      ensemble: how fold models are combined, as in `run`.
+
+    Returns:
+      The flat numbers of crossval_seeds.json, or {} while a repeat has folds left to train.
+    """
+    workdir = Path(workdir)
+    shared = runs.shared_data(config, workdir)
+    split_seeds = list(split_seeds) or [int(config.data.split.seed)]
+    seeds = list(seeds) or [int(config.seed)]
+    per_repeat = {}
+    for q in split_seeds:
+        for s in seeds:
+            name = " ".join(
+                ([f"split {q}"] if len(split_seeds) > 1 else [])
+                + ([f"seed {s}"] if len(seeds) > 1 else [])
+            )
+            c = repeat.seed_config(shared, s)
+            with c.unlocked():
+                c.data.split.seed = int(q)
+            logging.info("cross-validation repeat: %s", name)
+            per_repeat[name] = run(c, workdir / name.replace(" ", "_"), folds, ensemble)
+    if not all(per_repeat.values()):
+        return {}
+    notes = []
+    if len(seeds) > 1:
+        split_seed = split_seeds[0] if len(split_seeds) == 1 else "the repeat's split seed"
+        notes.append(repeat.SEEDS_NOTE.format(split_seed=split_seed, n=len(seeds)))
+    if len(split_seeds) > 1:
+        test = (
+            ", test split included: each repeat's test rows are other patients"
+            if config.data.split.test > 0
+            else ""
+        )
+        notes.append(repeat.SPLIT_SEEDS_NOTE.format(test=test))
+    title = f"{config.model.name} cross-validation over {len(per_repeat)} repeats"
+    # The pooled and ensemble rows are the study's figures; a single fold's spread is noise.
+    rows = [r for r in next(iter(per_repeat.values())) if not r.startswith("fold ")]
+    note = "\n\n".join(notes)
+    return repeat.study_spread(workdir, "crossval", title, per_repeat, note, rows)
 
 
 def summarize(config, workdir: Path, k: int, ensemble: str = "mean") -> dict:

@@ -11,8 +11,10 @@ row, not repeated per seed. Written to W:
     the radiomics value), a note on what the spread is, and each seed's test metrics with CIs;
   - repeat.csv: the first table, full precision; repeat.json: the same numbers, flat.
 
-`over_seeds` and `spread` take any study that returns flat results, so a cross-validation or a
-comparison can be repeated over seeds the same way.
+`over_seeds` and `spread` take any study, so a cross-validation or a comparison is repeated over
+seeds the same way: `study_spread` writes W/<stem>_seeds.md/.csv/.json, the mean and spread of
+every row of the study's table (`python -m ernjax.crossval --seeds=0,1,2 [--split_seeds=0,1,2]`,
+`python -m ernjax.compare --seeds=0,1,2`).
 """
 
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +42,15 @@ SEEDS_NOTE = (
     "(n - 1) and min-max across the {n} seeds are training variability (initial weights, "
     "dropout, shuffling, augmentation); each seed's 95% CI is the patient-sampling uncertainty, "
     "and pooling the seeds does not narrow it."
+)
+
+
+# A study's rows are summarised by these metrics, subject level first (`reporting.LEVELS`).
+STUDY_METRICS = ("auc", "sensitivity", "specificity")
+SPLIT_SEEDS_NOTE = (
+    "Repeated cross-validation: each split seed (`config.data.split.seed`) deals the subjects "
+    "into folds anew{test}. The spread across split seeds is how much the figure depends on "
+    "which patients happened to share a fold; it is not a confidence interval over patients."
 )
 
 
@@ -224,3 +235,50 @@ def _test_metrics(config, flat: Mapping) -> dict:
             level=level, positive_class=e.positive_class, confidence=float(e.confidence)
         )
     return levels
+
+
+def study_keys(rows: Iterable[str], metrics: Iterable[str] = STUDY_METRICS) -> list[str]:
+    """The flat keys ("<row>.subject.auc", ...) of a study table's rows, subject level first."""
+    metrics = tuple(metrics)
+    return [f"{r}.{level}.{m}" for r in rows for level in reporting.LEVELS for m in metrics]
+
+
+def study_spread(
+    workdir, stem: str, title: str, per_repeat: Mapping[str, Mapping], note: str, rows=None
+) -> dict:
+    """Writes W/<stem>_seeds.md, .csv and .json: a study's table rows across repeats.
+
+    Args:
+      workdir: the study directory.
+      stem: "crossval" or "compare".
+      title: the Markdown heading.
+      per_repeat: repeat name ("seed 0", "split 1 seed 0") -> that repeat's results as the
+        study returns them ({row: {"subject": metrics, "image": metrics}}); every repeat is
+        expected to have the rows of the first.
+      note: what the spread is (`SEEDS_NOTE`, `SPLIT_SEEDS_NOTE`).
+      rows: the table rows to summarise; None = all of the first repeat's.
+
+    Returns:
+      {"mean.<key>", "sd.<key>", "min.<key>", "max.<key>", "<repeat>.<key>"}: repeat.json's
+      layout, for the keys of `study_keys`.
+    """
+    workdir = Path(workdir)
+    flat = {name: reporting.flatten(r) for name, r in per_repeat.items()}
+    rows = list(next(iter(per_repeat.values()))) if rows is None else list(rows)
+    summary = spread(flat, study_keys(rows))
+    out = {"n_repeats": float(len(flat))}
+    for stat in ("mean", "sd", "min", "max"):
+        out |= {f"{stat}.{k}": s[stat] for k, s in summary.items()}
+    for name, f in flat.items():
+        out |= {f"{name.replace(' ', '_')}.{k}": _value(f, k) for k in summary}
+    markdown = "\n".join(
+        [f"# {title}", "", reporting.format_spread(summary, flat, fmt="markdown"), note, ""]
+    )
+    with atomic.staged():
+        atomic.write_text(workdir / f"{stem}_seeds.md", markdown)
+        atomic.write_text(
+            workdir / f"{stem}_seeds.csv", reporting.format_spread(summary, flat, fmt="csv")
+        )
+        reporting.write_json(workdir / f"{stem}_seeds.json", out)
+    print(markdown, flush=True)
+    return out
