@@ -162,6 +162,13 @@ def base_config() -> ml_collections.ConfigDict:
     e.image_ci = "subject_bootstrap"
     e.subject_method = "mean"  # "mean" (Gao), "predictive_index" (Shin), "majority"
     e.tune_threshold = False  # True: image cut-off by Youden's J on validation (never on test)
+    # "logistic": recalibrate the positive-class probability as sigmoid(a + b logit p), a and b
+    # fitted on the validation predictions only, before the cut-offs are chosen on them; test and
+    # predict then see recalibrated probabilities (ernjax.evaluate.calibration). "none" (the
+    # default): Gao 2020, Shin 2021 and Ying 2025 report the networks' own probabilities, and a
+    # fit on the handful of validation patients a split leaves is noisy (slices of a patient are
+    # no independent cases). Calibration is reported either way (calibration.md).
+    e.recalibrate = "none"
     e.n_bootstrap = 1000
     e.confidence = 0.95
     return c

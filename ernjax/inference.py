@@ -47,7 +47,9 @@ class TrainedRun:
       model: in eval mode, with the parameters of the checkpoint the run was scored with.
       step: that checkpoint's step.
       scoring: the run's scoring policy (positive class, subject rule).
-      cutoffs: chosen on the run's validation predictions, or {} (the defaults).
+      cutoffs: chosen on the run's validation predictions, or {} (the defaults); with
+        `config.eval.recalibrate` on, also the recalibration fitted on them ("recalibration"),
+        applied to the probabilities before they are reported and decided on.
     """
 
     config: ml_collections.ConfigDict
@@ -226,9 +228,10 @@ def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: in
         x, slices, vol = examples(run, subject)
         probs = probabilities(run, x)
         report = _report(run, subject.subject_id, probs, slices)
+        shown = run.scoring.recalibrated_probs(probs, run.cutoffs)  # as the report gives them
         with atomic.staged():
             if cam:
-                cams = _write_cams(run, subject, x, slices, probs, vol, out_dir, max_pngs)
+                cams = _write_cams(run, subject, x, slices, shown, vol, out_dir, max_pngs)
                 report["gradcam"] = cams
             atomic.write_text(out_dir / "report.json", json.dumps(report, indent=1))
     return report
@@ -248,7 +251,9 @@ def probabilities(run: TrainedRun, x: np.ndarray) -> np.ndarray:
 
 
 def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[int]) -> dict:
-    names, decided = run.class_names, run.scoring.decide(probs, run.cutoffs)
+    """report.json of the model's probabilities `probs`, recalibrated as the run's test was."""
+    names, decided = run.class_names, run.scoring.decide(probs, run.cutoffs)  # recalibrates
+    probs = run.scoring.recalibrated_probs(probs, run.cutoffs)
     report = {
         "subject_id": subject_id,
         "model": run.config.model.name,
@@ -263,6 +268,13 @@ def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[in
         "decision": decided["decision"],
         "n_images": len(probs),
     }
+    if recal := run.cutoffs.get("recalibration"):
+        report["recalibration"] = {
+            "method": recal.method,
+            "intercept": recal.intercept,
+            "slope": recal.slope,
+            "fitted_on": "validation",
+        }
     if (roi := run.config.data.get("roi", "brain")) != "brain":
         report["roi"] = {"centred_on": roi, "size_mm": list(run.config.data.roi_size_mm)}
     if slices:

@@ -33,6 +33,9 @@ _TITLES = {
     "precision": "Precision",
     "f1": "F1",
     "auc": "AUC",
+    "brier": "Brier",
+    "calibration_intercept": "Calibration intercept",
+    "calibration_slope": "Calibration slope",
 }
 # The counts among `stats.evaluate_predictions`' metrics (whole numbers; floats once flattened).
 _COUNTS = frozenset({"n", "n_positive", "n_negative", "n_subjects", "tp", "fp", "tn", "fn"})
@@ -52,8 +55,9 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float | list[str]]:
     """Nested results as flat "a.b.c" -> float, e.g. for TensorBoard or a CSV row.
 
     A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; numbers (ints, bools, NaN
-    included) become floats. "notes" stay, as lists of str ("test.image.notes"), so that the
-    caveats travel with the numbers into results.json; other strings are left out.
+    included) become floats. "notes" and "<what>_notes" ("calibration_notes") stay, as lists of
+    str ("test.image.notes"), so that the caveats travel with the numbers into results.json;
+    other strings are left out.
 
     Args:
       results: nested mappings, e.g. {"test": evaluate_predictions(...)}.
@@ -67,7 +71,7 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float | list[str]]:
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             out.update(flatten(value, name))
-        elif key == "notes":
+        elif key == "notes" or str(key).endswith("_notes"):
             out[name] = [str(n) for n in value]
         elif str(key).endswith("_ci") and isinstance(value, Sequence | np.ndarray):
             out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in value)
@@ -93,7 +97,7 @@ def unflatten(flat: Mapping[str, float | None], prefix: str = "") -> dict:
     lead = f"{prefix}." if prefix else ""
     out: dict = {}
     for key, value in flat.items():
-        is_notes = key.endswith(".notes") and isinstance(value, list)
+        is_notes = key.endswith((".notes", "_notes")) and isinstance(value, list)
         if not key.startswith(lead) or not (is_notes or isinstance(value, numbers.Real | None)):
             continue
         *path, leaf = key[len(lead) :].split(".")

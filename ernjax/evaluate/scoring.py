@@ -9,10 +9,16 @@ cut-offs and the subject rule. The trainer's final evaluation, cross-validation,
   score(preds, c)   image- and subject-wise metrics with the CI methods of `config.eval`
   decide(probs, c)  one patient's subject score, the cut-off it is held against, the decision
   roc_data, plot_rocs   the curves of the positive class, per image or per subject
+  calibration_data, plot_calibration   reliability diagrams and decision curves (`calibration`)
 
 Cut-offs travel as the dict `stats.choose_thresholds` returns, {"threshold", "subject_threshold"},
 or {} when no validation predictions chose them: then the defaults apply (`stats.DEFAULT_THRESHOLD`,
 argmax for two classes, and the subject rule's own default, `stats.default_subject_threshold`).
+With `config.eval.recalibrate="logistic"` the dict also holds "recalibration", a
+`calibration.Recalibration` fitted on the same validation predictions BEFORE the cut-offs are
+chosen (on the recalibrated probabilities); `score`, `decide` and `roc_data` apply it to the
+probabilities first, so every command that passes the cut-offs on scores recalibrated
+probabilities. Every `score` also reports calibration (Brier, intercept, slope) per level.
 """
 
 import dataclasses
@@ -21,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ernjax.evaluate import reporting, stats
+from ernjax.evaluate import calibration, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 
 
@@ -36,6 +42,7 @@ class ScoringPolicy:
       tune_threshold: choose the image cut-off by Youden's J on validation (else the default).
       ci_method, auc_ci, image_ci, confidence, n_bootstrap: the confidence intervals
         (`config.eval`; `stats.level_ci_methods` says which metric gets which).
+      recalibrate: "none" or "logistic" (`calibration.fit_recalibration` on validation).
     """
 
     class_names: tuple[str, ...]
@@ -47,6 +54,7 @@ class ScoringPolicy:
     image_ci: str = stats.IMAGE_CI_METHODS[0]
     confidence: float = 0.95
     n_bootstrap: int = 1000
+    recalibrate: str = "none"
 
     @classmethod
     def from_config(cls, eval_config, class_names: Sequence[str]) -> "ScoringPolicy":
@@ -59,13 +67,20 @@ class ScoringPolicy:
           class_names: the class names, in class-index order (the data's or the predictions').
 
         Raises:
-          ValueError: `config.eval.positive_class` is not one of the class names.
+          ValueError: `config.eval.positive_class` is not one of the class names, or
+            `config.eval.recalibrate` is not one of `calibration.RECALIBRATION_METHODS`.
         """
         names = tuple(str(c) for c in class_names)
         e = eval_config
         if e.positive_class not in names:
             raise ValueError(
                 f"config.eval.positive_class={e.positive_class!r} is not one of {names}"
+            )
+        recalibrate = e.get("recalibrate", "none")  # a config saved before it existed: none
+        if recalibrate not in calibration.RECALIBRATION_METHODS:
+            raise ValueError(
+                f"config.eval.recalibrate={recalibrate!r}: expected one of "
+                f"{calibration.RECALIBRATION_METHODS}"
             )
         return cls(
             class_names=names,
@@ -77,6 +92,7 @@ class ScoringPolicy:
             image_ci=e.get("image_ci", stats.IMAGE_CI_METHODS[0]),
             confidence=float(e.confidence),
             n_bootstrap=int(e.n_bootstrap),
+            recalibrate=recalibrate,
         )
 
     @property
@@ -85,15 +101,27 @@ class ScoringPolicy:
         return self.class_names[self.positive]
 
     # ------------------------------------------------------------------------- cut-offs
-    def cutoffs(self, validation: Predictions | None) -> dict[str, float]:
+    def cutoffs(self, validation: Predictions | None) -> dict:
         """Image and subject cut-offs chosen on validation predictions, never on the scored split.
 
+        With `recalibrate` set, the recalibration is fitted on these validation predictions
+        first and the cut-offs are chosen on the recalibrated probabilities: a cut-off is then on
+        the scale of the probabilities it will be held against.
+
         Returns:
-          {"threshold", "subject_threshold"}, or {} without validation predictions (defaults).
+          {"threshold", "subject_threshold"} (and "recalibration", a `calibration.Recalibration`,
+          when `recalibrate` is not "none"), or {} without validation predictions (defaults).
         """
         if validation is None or not len(validation):
             return {}
-        return stats.choose_thresholds(
+        fitted = {}
+        if self.recalibrate != "none":
+            is_pos = validation.label == self.positive
+            fitted["recalibration"] = calibration.fit_recalibration(
+                is_pos, validation.probs[:, self.positive], validation.subject_id
+            )
+            validation = self.recalibrated(validation, fitted)
+        return fitted | stats.choose_thresholds(
             validation.probs,
             validation.label,
             validation.subject_id,
@@ -111,17 +139,57 @@ class ScoringPolicy:
         default = stats.default_subject_threshold(self.subject_method, self.image_cutoff(cutoffs))
         return float((cutoffs or {}).get("subject_threshold", default))
 
+    # ------------------------------------------------------------------------- recalibration
+    def recalibrated(self, preds: Predictions, cutoffs: Mapping | None) -> Predictions:
+        """`preds` with the recalibration of `cutoffs` applied (as they are without one)."""
+        params = (cutoffs or {}).get("recalibration")
+        if params is None:
+            return preds
+        probs = calibration.recalibrate_probs(params, preds.probs, self.positive)
+        return dataclasses.replace(preds, probs=probs)
+
+    def recalibrated_probs(self, probs: np.ndarray, cutoffs: Mapping | None) -> np.ndarray:
+        """[N, K] class probabilities with the recalibration of `cutoffs` applied, if any."""
+        params = (cutoffs or {}).get("recalibration")
+        return calibration.recalibrate_probs(params, probs, self.positive)
+
+    def _recalibration_notes(self, preds: Predictions, cutoffs: Mapping | None) -> list[str]:
+        """What was done to the probabilities before scoring, in words (for every level)."""
+        params = (cutoffs or {}).get("recalibration")
+        if params is None:
+            if self.recalibrate == "none":
+                return []
+            return [
+                f"config.eval.recalibrate={self.recalibrate} but no validation predictions "
+                f"fitted a recalibration here: probabilities as the model gave them"
+            ]
+        is_pos = preds.label == self.positive
+        fp = calibration.fingerprint(preds.subject_id, is_pos, preds.probs[:, self.positive])
+        same = " (in-sample: these are the predictions it was fitted on)"
+        return [params.describe() + (same if fp == params.fitted_on else "")]
+
     # ------------------------------------------------------------------------- scoring
     def score(self, preds: Predictions, cutoffs: Mapping | None = None) -> dict:
         """Image- and subject-wise metrics with CIs (`stats.evaluate_predictions`).
+
+        The probabilities are first recalibrated when `cutoffs` hold a recalibration. Each level
+        also gets `calibration.evaluate_calibration`'s metrics (brier, calibration_intercept,
+        calibration_slope with "_ci", brier_null, calibration_notes); subjects are calibrated on
+        their mean slice probability whatever the subject rule (see `calibration`).
 
         Args:
           preds: the predictions to score.
           cutoffs: from `cutoffs` on validation predictions ({} or None: the defaults).
 
         Returns:
-          {"image": metrics, "subject": metrics}; its summary and notes are logged.
+          {"image": metrics, "subject": metrics}; its summary and notes are logged. With a
+          recalibration, each level also holds recalibration_intercept and recalibration_slope,
+          and its notes say what was fitted on what.
         """
+        cutoffs = dict(cutoffs or {})
+        params = cutoffs.pop("recalibration", None)
+        notes = self._recalibration_notes(preds, {"recalibration": params})
+        preds = self.recalibrated(preds, {"recalibration": params})
         results = stats.evaluate_predictions(
             preds.probs,
             preds.label,
@@ -135,8 +203,24 @@ class ScoringPolicy:
             confidence=self.confidence,
             n_bootstrap=self.n_bootstrap,
             seed=0,
-            **(cutoffs or {}),
+            **cutoffs,
         )
+        calibrated = calibration.evaluate_calibration(
+            preds.probs[:, self.positive],
+            preds.label == self.positive,
+            preds.subject_id,
+            subject_method=self.subject_method,
+            n_bootstrap=self.n_bootstrap,
+            seed=0,
+            confidence=self.confidence,
+        )
+        for level, metrics in results.items():
+            metrics.update(calibrated[level])
+            metrics["notes"] = notes + metrics["notes"]
+            metrics["calibration_notes"] = notes + metrics["calibration_notes"]
+            if params is not None:
+                metrics["recalibration_intercept"] = params.intercept
+                metrics["recalibration_slope"] = params.slope
         logging.info("scored %s", reporting.summary_line(results))
         return results
 
@@ -144,7 +228,8 @@ class ScoringPolicy:
         """One patient's decision from the class probabilities of their images.
 
         Args:
-          probs: [N, K] class probabilities of one subject's images (slices or one volume).
+          probs: [N, K] class probabilities of one subject's images (slices or one volume), as
+            the model gives them: the recalibration of `cutoffs`, if any, is applied here.
           cutoffs: from `cutoffs` ({} or None: the defaults).
 
         Returns:
@@ -152,6 +237,7 @@ class ScoringPolicy:
           the positive class when score >= cut-off, else the other of two classes (of more than
           two, the most probable one on average)}.
         """
+        probs = self.recalibrated_probs(probs, cutoffs)
         _, score, _ = stats.aggregate_by_subject(
             probs[:, self.positive],
             np.zeros(len(probs), int),
@@ -175,8 +261,10 @@ class ScoringPolicy:
         """(is_positive [N], score [N]) for `reporting.plot_roc`, per image or per subject.
 
         The subject scores of "predictive_index" and "majority" count the slices called positive
-        at the image cut-off of `cutoffs`, the one the tables use ({} or None: the default).
+        at the image cut-off of `cutoffs`, the one the tables use ({} or None: the default); a
+        recalibration in `cutoffs` is applied first, as the tables do.
         """
+        preds = self.recalibrated(preds, cutoffs)
         score = preds.probs[:, self.positive]
         if level == "image":
             return preds.label == self.positive, score
@@ -206,3 +294,49 @@ class ScoringPolicy:
                 f"ROC, {level}-wise",
                 positive_class=self.positive_name,
             )
+
+    # ------------------------------------------------------------------------- calibration
+    def calibration_data(
+        self, preds: Predictions, level: str = "subject", cutoffs: Mapping | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(is_positive, probability of the positive class), per image or per subject.
+
+        For `calibration.plot_reliability`, `plot_decision_curves` and `format_decision_table`.
+        A subject's probability is the mean of its slices' (whatever the subject rule: the
+        other rules' scores are no probabilities); a recalibration in `cutoffs` is applied.
+        """
+        preds = self.recalibrated(preds, cutoffs)
+        y, p = preds.label == self.positive, preds.probs[:, self.positive]
+        if level == "image":
+            return y, p
+        return calibration.subject_probabilities(y, p, preds.subject_id)
+
+    def plot_calibration(
+        self,
+        named: Mapping[str, Predictions],
+        path_stem,
+        cutoffs: Mapping | None = None,
+        *,
+        title: str = "",
+    ) -> None:
+        """Subject-wise reliability diagram and decision curve PNGs of several prediction sets.
+
+        Writes `<stem>_reliability.png` and `<stem>_decision_curve.png` (atomically); `cutoffs`
+        maps a set's name to its cut-offs (their recalibration, if any, is applied); `title`
+        is prefixed to each figure's title.
+        """
+        cutoffs = cutoffs or {}
+        curves = {n: self.calibration_data(p, "subject", cutoffs.get(n)) for n, p in named.items()}
+        lead = f"{title}: " if title else ""
+        calibration.plot_reliability(
+            curves,
+            f"{path_stem}_reliability.png",
+            f"{lead}Reliability, subject-wise",
+            positive_class=self.positive_name,
+        )
+        calibration.plot_decision_curves(
+            curves,
+            f"{path_stem}_decision_curve.png",
+            f"{lead}Decision curve, subject-wise",
+            positive_class=self.positive_name,
+        )

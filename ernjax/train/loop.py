@@ -23,7 +23,7 @@ from absl import logging
 from ernjax import atomic
 from ernjax.checkpoints import Checkpointer, Progress, SelectMetric
 from ernjax.data.pipeline import GRAIN, CheckpointableIterator, DataLayout, DataPipeline
-from ernjax.evaluate import predictions, reporting, stats
+from ernjax.evaluate import calibration, predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
@@ -359,8 +359,9 @@ def _final_evaluation(run: _Run) -> dict:
     "best" is the step best by config.train.select_metric on validation (the latest when it
     was never defined); "last" the latest.
 
-    Cut-offs come from the validation predictions as `config.eval` says (never from test); the
-    predictions of both splits are written to WORKDIR/predictions_<split>.csv.
+    Cut-offs (and a recalibration, `config.eval.recalibrate`) come from the validation
+    predictions as `config.eval` says (never from test); the predictions of both splits are
+    written to WORKDIR/predictions_<split>.csv, the calibration outputs by `_write_calibration`.
     """
     run.ckpt.wait()  # a failed last save (e.g. a full disk) stops the run before any output
     step, which = run.ckpt.scored_step(run.config.train.select_checkpoint)
@@ -377,11 +378,53 @@ def _final_evaluation(run: _Run) -> dict:
     if jax.process_index() == 0:
         print(f"Results of the checkpoint of step {step}:", flush=True)
         print(reporting.format_table(results), flush=True)
+        print("\nCalibration:\n" + calibration.format_calibration_table(results), flush=True)
         if skipped := _skipped(run):
             print(reporting.format_skipped(skipped), flush=True)
+        _write_calibration(run, preds, cutoffs, results)
     flat = reporting.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.progress.step)
     return flat
+
+
+def _write_calibration(run: _Run, preds: dict, cutoffs: dict, results: dict) -> None:
+    """WORKDIR/calibration.md, and the test split's figures and decision curve numbers.
+
+    calibration.md: Brier, calibration intercept and slope of every split and level, then the
+    test split's subject-wise net benefit at thresholds 0.1-0.9. reliability_test.png (subject
+    and image rows), decision_curve_test.png and decision_curve_test.csv (thresholds 0.01-0.99),
+    subject-wise; the validation split's when there is no test split. Probabilities as scored
+    (recalibrated when `config.eval.recalibrate` is on).
+    """
+    split = "test" if "test" in preds else "validation"
+    if split not in preds:
+        return
+    scoring, model, w = run.scoring, run.config.model.name, run.workdir
+    levels = ("subject", "image")
+    data = {lvl: scoring.calibration_data(preds[split], lvl, cutoffs) for lvl in levels}
+    table = calibration.format_calibration_table(results, fmt="markdown")
+    decision = calibration.format_decision_table({model: data["subject"]}, fmt="markdown")
+    atomic.write_text(
+        w / "calibration.md",
+        f"# Calibration\n\n{table}\n## Decision curve, {split} split, subject-wise\n\n{decision}",
+    )
+    curve = calibration.format_decision_table(
+        {model: data["subject"]}, calibration.CURVE_THRESHOLDS, fmt="csv"
+    )
+    atomic.write_text(w / f"decision_curve_{split}.csv", curve)
+    positive = scoring.positive_name
+    calibration.plot_reliability(
+        {f"{model} {lvl}": data[lvl] for lvl in levels},
+        w / f"reliability_{split}.png",
+        f"Reliability, {split} split",
+        positive_class=positive,
+    )
+    calibration.plot_decision_curves(
+        {model: data["subject"]},
+        w / f"decision_curve_{split}.png",
+        f"Decision curve, {split} split, subject-wise",
+        positive_class=positive,
+    )
 
 
 def _skipped(run: _Run) -> list[dict]:
