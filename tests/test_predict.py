@@ -1,5 +1,6 @@
 """Predict command: a tiny trained run classifies a patient exactly as its test evaluation did."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 
 from ernjax import inference
 from ernjax.errors import InputError
-from ernjax.evaluate import predictions
+from ernjax.evaluate import calibration, predictions
+from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,3 +172,47 @@ def test_command_line_takes_any_modality_of_the_run(run_2d, tmp_path):
     assert bad.stderr.splitlines()[-1] == (
         "ernjax: subject new_patient: --modality=t2: expected NAME=FILE"
     )
+
+
+def test_the_run_writes_calibration_beside_its_results(run_2d):
+    """results.json, calibration.md and the test split's figures (ernjax.evaluate.calibration)."""
+    flat = json.loads((run_2d / "results.json").read_text())
+    run = inference.load_run(run_2d)
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    y, p = run.scoring.calibration_data(test, "subject")  # mean slice probability per patient
+    assert flat["test.subject.brier"] == pytest.approx(calibration.brier_score(y, p), abs=1e-5)
+    assert flat["test.subject.brier_ci_low"] <= flat["test.subject.brier"]
+    assert "test.image.calibration_slope" in flat and "test.subject.calibration_intercept" in flat
+    assert isinstance(flat["test.subject.calibration_notes"], list)
+    text = (run_2d / "calibration.md").read_text()
+    assert "| test subject |" in text and "Decision curve, test split, subject-wise" in text
+    assert (run_2d / "decision_curve_test.csv").read_text().startswith("threshold,")
+    for name in ("reliability_test.png", "decision_curve_test.png"):
+        assert (run_2d / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_applies_the_validation_recalibration(run_2d, tmp_path):
+    """config.eval.recalibrate=logistic: predict recalibrates as the run's test scoring did.
+
+    The recalibration is fitted on the run's validation predictions; predict reports and decides
+    on the recalibrated probabilities.
+    """
+    run = inference.load_run(run_2d)
+    e = run.config.eval.copy_and_resolve_references()
+    e.recalibrate = "logistic"
+    scoring = ScoringPolicy.from_config(e, run.class_names)
+    cutoffs = scoring.cutoffs(predictions.read_csv(run_2d / "predictions_validation.csv"))
+    run = dataclasses.replace(run, scoring=scoring, cutoffs=cutoffs)
+    sid = _test_subject(run_2d)
+    subject = inference.make_subject(run, sid, {}, subject_dir=run_2d / "synthetic_cohort" / sid)
+    report = inference.predict(run, subject, tmp_path / "out", cam=False)
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    rows = [i for i, s in enumerate(test.subject_id) if s == sid]
+    expected = scoring.recalibrated_probs(test.probs[rows], cutoffs)
+    k = run.class_names.index("recurrence")
+    shown = [s["recurrence"] for s in report["slices"]]
+    np.testing.assert_allclose(shown, expected[:, k], atol=1e-4)
+    assert report["recalibration"]["slope"] == cutoffs["recalibration"].slope
+    decided = scoring.decide(test.probs[rows], cutoffs)
+    assert report["score"] == pytest.approx(decided["score"], abs=1e-4)
+    assert report["decision"] == decided["decision"]

@@ -5,4 +5,6 @@ predictions  per-example predictions of one split, CSV in and out
 scoring      the scoring policy of config.eval: positive class, cut-offs from validation, the
              subject rule, scores and ROC data (the one owner: trainer, studies and predict ask it)
 reporting    flat results, text/Markdown/CSV tables, ROC figures, JSON
+calibration  Brier, calibration intercept and slope, reliability curves, decision curves (net
+             benefit), recalibration fitted on validation; their tables and figures
 """

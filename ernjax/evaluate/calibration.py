@@ -440,6 +440,16 @@ def level_calibration(
                 f"{name}_ci: {undefined} of {n_bootstrap} bootstrap replicates left out (one "
                 f"class, constant or separating probabilities in them)"
             )
+    zero = [
+        f"{name} ({out[f'{name}_ci'][0]:.3f} to {out[f'{name}_ci'][1]:.3f})"
+        for name in METRICS
+        if out[f"{name}_ci"][0] == out[f"{name}_ci"][1]  # NaN == NaN is False
+    ]
+    if zero:
+        notes.append(
+            f"zero-width CIs, which are not certainty (too few subjects of a class, or constant "
+            f"predictions): {', '.join(zero)}"
+        )
     return out, notes
 
 
