@@ -5,8 +5,8 @@ The modules, in data-flow order (each package's own docstring lists its modules)
 preprocess/   offline raw-scan steps: DICOM -> NIfTI (dcm2niix), N4, registration, MNI152, skull
               strip, QC pages; `python -m ernjax.preprocess`
 data/         cohort on disk -> records -> batches: cohort, geometry, spec (the example schema and
-              the records' cache key), samples, splits, builder (TFDS), records, prepare, pipeline
-              (Grain), synthetic (the embedded phantom cohort)
+              the records' cache key), samples, splits, split_file, builder (TFDS), records, prepare,
+              pipeline (Grain), synthetic (the embedded phantom cohort)
 models/       every network by name (ERN-Net, ResNet, DenseNet, VGG, Inception) for 2D and 3D,
               PyTorch weight conversion, CPU fast paths
 baselines/    radiomics: IBSI features in the lesion mask and a regularized logistic regression

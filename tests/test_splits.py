@@ -1,10 +1,13 @@
-"""ernjax.data.splits: stratified, subject-grouped, seeded splits and cross-validation folds."""
+"""ernjax.data.splits and split_file: stratified, patient-grouped splits, folds, split files."""
 
 from collections import Counter
 
+import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedGroupKFold
 
-from ernjax.data.splits import assign_splits, select_fold
+from ernjax.data import splits
+from ernjax.data.splits import assign_splits, group_labels, select_fold
 
 KW = dict(test=0.2, validation=0.2, folds=5, seed=0)
 
@@ -89,3 +92,89 @@ def test_bad_arguments():
     out = assign_splits(["a", "b", "c"], [0, 0, 0], **KW)
     with pytest.raises(ValueError, match="fold 4"):
         select_fold(out, 4)
+
+
+# Groups: several subjects (scans, sessions) of one patient never straddle splits or folds.
+
+
+def grouped_cohort(n_groups: int, seed: int, mixed: float = 0.1):
+    """Patients of 1-4 scans each, about 2/3 recurrence; `mixed` of scans take the other label."""
+    rng = np.random.default_rng(seed)
+    ids, labels, groups = [], [], []
+    for g in range(n_groups):
+        label = int(rng.random() < 0.66)
+        for j in range(rng.integers(1, 5)):
+            ids.append(f"p{g:03d}-scan{j}")
+            labels.append(label if rng.random() >= mixed else 1 - label)
+            groups.append(f"p{g:03d}")
+    return ids, labels, groups
+
+
+def places_of_groups(out, groups, ids):
+    places = {}
+    for sid, g in zip(ids, groups, strict=True):
+        places.setdefault(g, set()).add((out[sid]["split"], out[sid]["fold"]))
+    return places
+
+
+@pytest.mark.parametrize("n_groups", [6, 13, 40, 90])
+@pytest.mark.parametrize("seed", range(4))
+def test_groups_never_straddle_splits_or_folds(n_groups, seed):
+    ids, labels, groups = grouped_cohort(n_groups, seed)
+    out = assign_splits(ids, labels, **{**KW, "seed": seed}, groups=groups)
+    assert sorted(out) == sorted(ids)
+    assert all(len(p) == 1 for p in places_of_groups(out, groups, ids).values())
+    assert all(out[s]["group"] == g for s, g in zip(ids, groups, strict=True))
+    # the split counts patients: 20 % of each class's patients (majority label) are tested
+    of_group = group_labels(labels, groups)
+    for label in (0, 1):
+        members = [g for g, lab in of_group.items() if lab == label]
+        tested = {out[s]["group"] for s in ids if out[s]["split"] == "test"} & set(members)
+        assert len(tested) == splits._sizes(len(members), 0.2, 0.2)["test"]
+    # and sklearn's reference check of the folds: no group in two folds
+    non_test = [i for i, s in enumerate(ids) if out[s]["split"] != "test"]
+    fold = np.array([out[ids[i]]["fold"] for i in non_test])
+    for k in range(KW["folds"]):
+        train_groups = {groups[i] for i, f in zip(non_test, fold, strict=True) if f != k}
+        val_groups = {groups[i] for i, f in zip(non_test, fold, strict=True) if f == k}
+        assert not train_groups & val_groups
+
+
+def class_spread(fold: np.ndarray, labels) -> float:
+    """The largest gap between a fold's recurrence fraction and the whole set's."""
+    labels = np.asarray(labels)
+    return max(abs(labels[fold == k].mean() - labels.mean()) for k in np.unique(fold))
+
+
+@pytest.mark.parametrize("n_groups", [13, 40, 90])
+@pytest.mark.parametrize("seed", range(4))
+def test_group_folds_are_as_balanced_as_sklearns_stratified_group_kfold(n_groups, seed):
+    ids, labels, groups = grouped_cohort(n_groups, seed)
+    out = assign_splits(ids, labels, **{**KW, "seed": seed}, groups=groups)
+    non_test = [i for i, s in enumerate(ids) if out[s]["split"] != "test"]
+    ours = np.array([out[ids[i]]["fold"] for i in non_test])
+    y, g = [labels[i] for i in non_test], [groups[i] for i in non_test]
+    ref = np.empty(len(non_test), int)
+    sgkf = StratifiedGroupKFold(n_splits=KW["folds"], shuffle=True, random_state=seed)
+    for k, (_, val) in enumerate(sgkf.split(np.zeros(len(y)), y, g)):
+        ref[val] = k
+    assert class_spread(ours, y) <= class_spread(ref, y) + 0.1
+    spread = lambda f: np.ptp(np.bincount(f, minlength=KW["folds"]))  # noqa: E731
+    assert spread(ours) <= spread(ref) + 2
+
+
+def test_singleton_groups_give_the_assignment_without_groups():
+    ids, labels = cohort({0: 23, 1: 41})
+    plain = assign_splits(ids, labels, **KW)
+    assert assign_splits(ids, labels, **KW, groups=ids) == plain
+    renamed = assign_splits(ids, labels, **KW, groups=[f"x{s}" for s in ids])
+    assert {s: (a["split"], a["fold"]) for s, a in renamed.items()} == {
+        s: (a["split"], a["fold"]) for s, a in plain.items()
+    }
+
+
+def test_mixed_label_group_is_stratified_by_its_majority_label():
+    assert group_labels([0, 1, 1, 0, 0, 1], ["a", "a", "a", "b", "b", "b"]) == {"a": 1, "b": 0}
+    assert group_labels([1, 0], ["t", "t"]) == {"t": 0}  # a tie: the lower class index
+    ids = ["a1", "a2", "b1"]
+    assert splits.mixed_groups(ids, [0, 1, 1], ["a", "a", "b"]) == {"a": ["a1", "a2"]}

@@ -5,7 +5,9 @@ geometry  NIfTI in and out, RAS reorientation, resampling, grids (also for prepr
 spec      SampleSpec: the settings that decide the examples (the records' cache key) and the
           example schema (keys, TFDS features)
 samples   a Subject -> arrays: fused 2D lesion slices or a 3D volume
-splits    stratified, subject-grouped test/validation split and cross-validation folds
+splits    stratified, patient-grouped test/validation split and cross-validation folds
+split_file a study's split as a file (subject_id,group,split,fold): written by every run,
+          read back to fix the split (config.data.split.file)
 builder   the TFDS builder (registered as data_builders/ernjax_mri): Subjects -> array_record shards
 records   build once per setting (atomic, cached by a hash), open, index
 prepare   cohort + records + multi-host barrier + fold selection -> DataInfo

@@ -177,7 +177,7 @@ def _groups(subjects, column: str, labels_csv: Path) -> dict[str, str]:
     if not column:
         return {x.subject_id: x.subject_id for x in subjects}
     if subjects and column not in subjects[0].metadata:
-        found = ["subject_id", "label", *subjects[0].metadata]
+        found = list(cohort_lib.read_labels(labels_csv)[0])  # the slice, centre columns too
         raise InputError(
             "",
             labels_csv,

@@ -17,7 +17,10 @@ Rules:
 - A class of 1 group goes to train. Rounding is half-up per class; with tiny classes (BraTS
   2018: 4 LGG of 21) the fractions are only approximate, by design.
 - Folds: the non-test groups of each class are dealt round-robin into `folds` folds, continuing
-  from class to class, so folds are stratified and differ in size (in groups) by at most one.
+  from class to class, so folds are stratified and differ in size by at most one. When some
+  group holds several subjects, the non-test groups are dealt by subject counts instead
+  (`_balanced_folds`, StratifiedGroupKFold's greedy rule), so that folds of patients with
+  different numbers of scans still hold about 1/folds of every class's subjects.
   `select_fold(k)` then validates on fold k and trains on the other folds; the test set never
   moves.
 Whether a class reaches a split depends only on the class's size, so `split_problem` can say
@@ -90,6 +93,12 @@ def assign_splits(
     per_group = _assign_units(
         list(of_group), list(of_group.values()), test, validation, folds, seed
     )
+    if len(of_group) < len(groups):
+        # Groups of several subjects: dealing groups round-robin would leave folds of very
+        # different sizes and class mixes, so they are dealt by subject counts instead.
+        non_test = [g for g in of_group if per_group[g]["split"] != "test"]
+        for g, k in _balanced_folds(non_test, labels, groups, folds, seed).items():
+            per_group[g]["fold"] = k
     return {sid: {**per_group[g], "group": g} for sid, g in zip(subject_ids, groups, strict=True)}
 
 
@@ -111,6 +120,48 @@ def _assign_units(units, labels, test, validation, folds, seed) -> dict[str, dic
                 split = "validation" if i < n_test + n_val else "train"
                 out[uid] = {"split": split, "fold": (dealt + i - n_test) % folds}
         dealt += n - n_test
+    return out
+
+
+def _balanced_folds(units, labels, groups, folds: int, seed: int) -> dict[str, int]:
+    """Deals whole groups into folds so that each fold holds about 1/folds of every class.
+
+    The groups, shuffled with `seed`, go largest first (stable) to the fold where the spread of
+    every class's share across folds is smallest after adding it (ties: the fold with fewer
+    subjects, then the lower index): the greedy rule of scikit-learn's StratifiedGroupKFold,
+    written out here so that a study's folds do not move with a library version.
+
+    Args:
+      units: the groups to deal.
+      labels: every subject's class.
+      groups: every subject's group (subjects of groups not in `units` are ignored).
+      folds: the number of folds.
+      seed: the shuffling seed.
+
+    Returns:
+      group -> fold.
+    """
+    strata = sorted(set(labels), key=lambda x: (x is None, x))
+    counts = {g: np.zeros(len(strata)) for g in units}
+    for label, g in zip(labels, groups, strict=True):
+        if g in counts:
+            counts[g][strata.index(label)] += 1
+    order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    order.sort(key=lambda g: -counts[g].sum())
+    total = np.maximum(sum(counts.values(), np.zeros(len(strata))), 1)
+    in_fold = np.zeros((folds, len(strata)))
+    out = {}
+    for g in order:
+        spread = []
+        for k in range(folds):
+            trial = in_fold.copy()
+            trial[k] += counts[g]
+            # rounded: a tie must not depend on the last bits of a float sum
+            score = round(float(np.std(trial / total, axis=0).mean()), 9)
+            spread.append((score, in_fold[k].sum(), k))
+        k = min(spread)[2]
+        in_fold[k] += counts[g]
+        out[g] = k
     return out
 
 
