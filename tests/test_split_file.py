@@ -299,3 +299,19 @@ def test_a_split_lacking_a_class_counts_patients(cohort, tmp_path):
     cfg.data.split.validation = 0.2
     with pytest.raises(InputError, match=r"2 necrosis and 3 recurrence patients \(patient_id\)"):
         records.build(cfg.data, cohort, tmp_path / "rec")
+
+
+def test_a_patient_with_scans_of_both_classes_is_named_and_kept_together(cohort, tmp_path, caplog):
+    with_patients(cohort, {**PATIENTS, "dummy-00": "dummy-01", "dummy-03": "dummy-01"})
+    with caplog.at_level(logging.WARNING):
+        recs = records.build(
+            config(cohort, tmp_path, group_column="patient_id").data, cohort, tmp_path / "rec"
+        )
+    assert "group dummy-01 (patient_id) holds subjects of different classes" in caplog.text
+    assert "dummy-00, dummy-01, dummy-02, dummy-03" in caplog.text
+    places = {
+        (x["split"], x["fold"])
+        for x in recs.index["assignment"].values()
+        if x["group"] == "dummy-01"
+    }
+    assert len(places) == 1

@@ -210,10 +210,9 @@ def apply(
     label_of = dict(zip(subject_ids, labels, strict=True))
     if dropped := sorted(set(fixed) - set(subject_ids)):
         logging.warning(
-            "split file %s: %d subjects not in the cohort are dropped (the others keep their "
-            "split): %s",
+            "split file %s: %s not in the cohort dropped (the others keep their split): %s",
             path,
-            len(dropped),
+            _count(dropped),
             ", ".join(dropped),
         )
     kept = {s: fixed[s] for s in subject_ids if s in fixed}
@@ -237,14 +236,18 @@ def apply(
     )
     if new:
         logging.warning(
-            "split file %s: %d subjects of the cohort are not in it; those of a patient in the "
-            "file join its split, the others are split into train and validation (never "
-            "test): %s",
+            "split file %s: %s of the cohort not in it; a patient's new scans join its split, "
+            "other new subjects are split into train and validation (never test): %s",
             path,
-            len(new),
+            _count(new),
             ", ".join(f"{s} ({out[s]['split']}, fold {out[s]['fold']})" for s in new),
         )
     return {s: out[s] for s in subject_ids}
+
+
+def _count(subjects) -> str:
+    """'1 subject', '3 subjects'."""
+    return f"{len(subjects)} subject{'' if len(subjects) == 1 else 's'}"
 
 
 def _group_places(kept: dict, group_of: dict, path) -> dict[str, dict]:
