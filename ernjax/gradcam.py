@@ -255,8 +255,8 @@ def overlay_png(
         if label:
             ax.set_title(label, fontsize=8)
     fig.colorbar(ScalarMappable(Normalize(0, 1), heat), ax=axes.ravel().tolist(), shrink=0.8)
-    if title:
-        fig.suptitle(title)
+    if title:  # small enough for one 2.4-inch panel
+        fig.suptitle(title, fontsize=9)
     atomic.save_figure(fig, path, dpi=dpi)
     return drawn
 

@@ -2,7 +2,8 @@
 
 Overrides work the ml_collections way, e.g. `--config.train.num_epochs=3`,
 `--config.data.cohort_dir=/data/cohort`. Rerunning the same command resumes from the latest
-checkpoint in WORKDIR/checkpoints.
+checkpoint in WORKDIR/checkpoints. At the end, WORKDIR/report.html shows the run on one page
+(`ernjax.evaluate.run_report`; `python -m ernjax.report --workdir=DIR` writes it again).
 """
 
 import sys
@@ -15,6 +16,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ernjax.errors import one_line_errors
+from ernjax.evaluate import run_report
 from ernjax.train import loop
 
 FLAGS = flags.FLAGS
@@ -39,6 +41,8 @@ def main(argv):
     )
     check_writable(FLAGS.workdir)
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(f"report: {run_report.write(FLAGS.config, FLAGS.workdir)}", flush=True)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id) -> None:

@@ -1,10 +1,13 @@
 """Predict command: a tiny trained run classifies a patient exactly as its test evaluation did."""
 
+import base64
+import csv
 import dataclasses
 import importlib.util
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nibabel as nib
@@ -13,9 +16,9 @@ import pytest
 
 from ernjax import inference
 from ernjax.errors import InputError
-from ernjax.evaluate import calibration, predictions
+from ernjax.evaluate import calibration, predictions, run_report
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.train import loop
+from ernjax.train import logs, loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,3 +219,93 @@ def test_predict_applies_the_validation_recalibration(run_2d, tmp_path):
     decided = scoring.decide(test.probs[rows], cutoffs)
     assert report["score"] == pytest.approx(decided["score"], abs=1e-4)
     assert report["decision"] == decided["decision"]
+
+
+# ----------------------------------------------------------------------------- the run's report
+class _Page(HTMLParser):
+    """The headings, image sources and table cells of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.cells, self._tag = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self._tag = tag
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        if self._tag in ("h1", "h2") and data.strip():
+            self.headings.append(data.strip())
+        if self._tag == "td":
+            self.cells.append(data.strip())
+
+
+def test_report_shows_the_run_on_one_page(run_2d):
+    config = inference.load_run(run_2d).config
+    path = run_report.write(config, run_2d, gradcam_subjects=2)
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    for section in ("Data", "Settings", "Results", "Calibration", "Figures", "Grad-CAM"):
+        assert section in page.headings
+    assert page.headings[-1] == "Reporting checklist"
+    # Self-contained: every picture embedded, and each a PNG.
+    assert len(page.images) >= 5
+    for src in page.images:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64"
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    # The data table counts what split.csv and the predictions say.
+    rows = list(csv.DictReader((run_2d / "split.csv").open()))
+    i = page.cells.index("test")
+    assert page.cells[i + 1] == str(sum(r["split"] == "test" for r in rows))
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    assert page.cells[i + 4] == str(len(test))  # images
+    # The results table prints results.json's test subject AUC.
+    flat = json.loads((run_2d / "results.json").read_text())
+    auc = f"{flat['test.subject.auc']:.3f}"
+    assert any(c.startswith(auc) for c in page.cells[page.cells.index("test subject") :][:8])
+    # Grad-CAM of one test subject of each class, as predict reports it.
+    cams = sorted((run_2d / run_report.GRADCAM_DIR).iterdir())
+    labels = dict(zip(test.subject_id, test.label, strict=False))
+    assert {int(labels[d.name]) for d in cams} == {0, 1}
+    for d in cams:
+        report = json.loads((d / "report.json").read_text())
+        assert report["subject_id"] == d.name and list(d.glob("*.png"))
+    # Subject IDs only: nothing of labels.csv but the ID and the label reaches the page.
+    assert "syn-" in path.read_text() and "lesion_slices" not in path.read_text()
+
+
+def test_report_refuses_an_unfinished_run(tmp_path):
+    with pytest.raises(InputError, match="no results.json"):
+        run_report.write(_config("configs/ern.py"), tmp_path)
+
+
+def test_markdown_tables_become_html_tables():
+    text = "# Title\n\n| a | b |\n|---|---|\n| 1 | x<y |\n\nSome text\nmore.\n\n- one\n- two\n"
+    assert run_report.markdown_to_html(text) == (
+        "<h2>Title</h2>\n"
+        "<table><thead><tr><th>a</th><th>b</th></tr></thead>"
+        "<tbody><tr><td>1</td><td>x&lt;y</td></tr></tbody></table>\n"
+        "<p>Some text more.</p>\n<ul><li>one</li><li>two</li></ul>"
+    )
+
+
+def test_scalars_read_back_as_tensorboardx_wrote_them(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    for step in range(1, 4):
+        w.add_scalar("train/loss", 1.0 / step, step)
+    w.add_scalar("validation/subject.auc", 0.75, 3)
+    w.add_text("config", "not a scalar", 0)
+    w.close()
+    got = logs.read_scalars(tmp_path)
+    assert got["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert got["validation/subject.auc"] == [(3, 0.75)] and "config" not in got
+    # A file cut short (a killed run) ends at its last whole event.
+    events = next(tmp_path.glob("events.out.tfevents.*"))
+    events.write_bytes(events.read_bytes()[:-5])
+    assert logs.read_scalars(tmp_path)["train/loss"][:2] == [(1, 1.0), (2, 0.5)]
+    png = run_report.plot_training_curves(got, tmp_path / "curves.png", "image.auc")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ernjax import atomic
+from ernjax.evaluate import stats
 
 # Gao 2020's column order (Tables 3-5).
 DEFAULT_COLUMNS = ("sensitivity", "specificity", "accuracy", "auc")
@@ -115,6 +116,24 @@ def unflatten(flat: Mapping[str, float | None], prefix: str = "") -> dict:
         else:
             node[leaf] = int(value) if leaf in _COUNTS and value.is_integer() else value
     return out
+
+
+def scored_levels(flat: Mapping, split: str, eval_config) -> dict:
+    """A split's metrics as `format_table` takes them, from a run's flat results (results.json).
+
+    `flatten` keeps numbers and notes only; the CI methods, positive class and confidence that
+    the table's footnote names come back from the run's `config.eval`.
+    """
+    levels = unflatten(flat, split)
+    e = eval_config
+    for level, metrics in levels.items():
+        methods = stats.level_ci_methods(
+            level, ci_method=e.ci_method, auc_ci=e.auc_ci, image_ci=e.get("image_ci")
+        )
+        metrics |= methods | dict(
+            level=level, positive_class=e.positive_class, confidence=float(e.confidence)
+        )
+    return levels
 
 
 def write_json(path, flat: Mapping[str, float], indent: int = 1) -> None:

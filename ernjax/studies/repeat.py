@@ -25,7 +25,7 @@ from absl import logging
 
 from ernjax import atomic
 from ernjax.baselines import radiomics
-from ernjax.evaluate import reporting, stats
+from ernjax.evaluate import reporting
 from ernjax.studies import runs
 
 # What a seed's run is summarised by: the test metrics at both levels, and the validation AUC
@@ -213,7 +213,7 @@ def _markdown(config, summary: dict, columns: dict, per_seed: Mapping) -> str:
             "radiomics: the radiomics baseline, fitted once (the same features and split for "
             "every seed; `config.seed` only deals its inner folds): one run, not repeated.",
         ]
-    tests = {name: _test_metrics(config, r) for name, r in columns.items()}
+    tests = {name: reporting.scored_levels(r, "test", config.eval) for name, r in columns.items()}
     lines += [
         "",
         "## Each run on the test split, 95% CIs over patients",
@@ -221,20 +221,6 @@ def _markdown(config, summary: dict, columns: dict, per_seed: Mapping) -> str:
         reporting.format_table(tests, fmt="markdown", levels=("subject", "image")),
     ]
     return "\n".join(lines)
-
-
-def _test_metrics(config, flat: Mapping) -> dict:
-    """A run's test metrics as `format_table` takes them, from its flat results."""
-    levels = reporting.unflatten(flat, "test")
-    e = config.eval
-    for level, metrics in levels.items():
-        methods = stats.level_ci_methods(
-            level, ci_method=e.ci_method, auc_ci=e.auc_ci, image_ci=e.get("image_ci")
-        )
-        metrics |= methods | dict(
-            level=level, positive_class=e.positive_class, confidence=float(e.confidence)
-        )
-    return levels
 
 
 def study_keys(rows: Iterable[str], metrics: Iterable[str] = STUDY_METRICS) -> list[str]:

@@ -1,0 +1,30 @@
+"""The HTML report of a finished run: `python -m ernjax.report --workdir=W`.
+
+`python -m ernjax.main` writes W/report.html at the end of every run; this command writes it again
+for any finished run (a fold of `crossval`, a run of `compare`), from the run's own outputs and the
+config its checkpoints were saved with (`ernjax.evaluate.run_report`, which does the work).
+"""
+
+from absl import app, flags
+
+from ernjax import inference
+from ernjax.errors import one_line_errors
+from ernjax.evaluate import run_report
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    """Entry point (absl): the run's saved config -> `run_report.write`."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = inference.load_run(FLAGS.workdir).config
+    path = run_report.write(config, FLAGS.workdir, gradcam_subjects=FLAGS.gradcam_subjects)
+    print(f"report: {path}", flush=True)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A finished run's directory (results.json inside).")
+    flags.DEFINE_integer("gradcam_subjects", 2, "Test subjects shown with Grad-CAM (0: none).")
+    flags.mark_flag_as_required("workdir")
+    app.run(one_line_errors(main))
