@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ernjax import defaults
-from ernjax.evaluate import predictions, stats
+from ernjax.evaluate import calibration, predictions, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.studies import compare, crossval
@@ -371,3 +371,14 @@ def test_compare_over_seeds_runs_every_seed_on_the_same_data(tmp_path, fake_trai
     assert "| ern_tiny t1 subject AUC |" in table and "seed 2" in table.splitlines()[2]
     with pytest.raises(ValueError, match="seed given twice"):
         compare.run_seeds(_config(), tmp_path, ["ern_tiny"], sets, ["1", "1"])
+
+
+def test_majority_votes_on_the_scale_each_cut_off_was_chosen_on():
+    # A fold whose cut-off was chosen on recalibrated probabilities votes on recalibrated ones.
+    a, b = (_preds(TEST_SUBJECTS, s, 0.5) for s in (1, 2))
+    shift = calibration.Recalibration("logistic", 3.0, 1.0, 10, 5, "", "")
+    cut = [{"threshold": 0.5, "recalibration": shift}, {"threshold": 0.5}]
+    vote = crossval.ensemble_predictions([a, b], 1, "majority", cut)
+    raised = calibration.apply_recalibration(shift, a.probs[:, 1]) >= 0.5
+    np.testing.assert_allclose(vote.probs[:, 1], (raised.astype(int) + (b.probs[:, 1] >= 0.5)) / 2)
+    assert raised.sum() > (a.probs[:, 1] >= 0.5).sum()  # the shift changed votes

@@ -27,7 +27,7 @@ from absl import logging
 from ernjax import atomic
 from ernjax.data import split_file
 from ernjax.errors import InputError
-from ernjax.evaluate import predictions, reporting, stats
+from ernjax.evaluate import calibration, predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.studies import compare, repeat, runs
@@ -186,7 +186,8 @@ def ensemble_cutoffs(
             for v, c in zip(val, fold_cutoffs, strict=True)
         ]
     )
-    return dataclasses.replace(scoring, tune_threshold=False).cutoffs(votes)
+    # Vote fractions are no probabilities: nothing to recalibrate (each vote already was).
+    return dataclasses.replace(scoring, tune_threshold=False, recalibrate="none").cutoffs(votes)
 
 
 def delong_against(config, workdir, others, k: int) -> str:
@@ -242,8 +243,9 @@ def ensemble_predictions(
       positive: index of the positive class.
       method: "mean": mean class probabilities; "majority": each model calls an example
         positive at its own image cut-off (`cutoffs[i]["threshold"]`, default
-        `stats.DEFAULT_THRESHOLD`) and the positive "probability" is the fraction of models
-        that did (a tie counts as positive at the 0.5 cut-off).
+        `stats.DEFAULT_THRESHOLD`), on its probabilities recalibrated as that cut-off was
+        chosen (`cutoffs[i]["recalibration"]`, if any), and the positive "probability" is the
+        fraction of models that did (a tie counts as positive at the 0.5 cut-off).
       cutoffs: per-member cut-offs for "majority".
 
     Raises:
@@ -260,7 +262,8 @@ def ensemble_predictions(
             raise ValueError("majority voting is defined here for two classes")
         cutoffs = cutoffs or [{}] * len(members)
         votes = [
-            m.probs[:, positive] >= c.get("threshold", stats.DEFAULT_THRESHOLD)
+            calibration.recalibrate_probs(c.get("recalibration"), m.probs, positive)[:, positive]
+            >= c.get("threshold", stats.DEFAULT_THRESHOLD)
             for m, c in zip(members, cutoffs, strict=True)
         ]
         frac = np.mean(votes, axis=0)
