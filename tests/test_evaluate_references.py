@@ -5,8 +5,7 @@
 - statsmodels' `proportion_confint` for the Wilson, Clopper-Pearson and Wald intervals.
 - A published table reproduced from its counts: Newcombe (1998, Stat Med 17:857-872), the table of
   its worked examples: the 95% intervals of methods 3 (Wilson) and 4 (Wilson with continuity
-  correction) for 81/263,
-  15/148, 0/20 and 1/29, printed to 4 decimals.
+  correction) for 81/263, 15/148, 0/20 and 1/29, printed to 4 decimals.
 """
 
 import csv
