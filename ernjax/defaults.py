@@ -24,7 +24,12 @@ def base_config() -> ml_collections.ConfigDict:
     }
     d.mask_pattern = ""  # glob of a lesion mask, "" for none
     d.slices_column = ""  # labels.csv column with lesion slice indices ("12;13;14"), "" for none
-    d.classes = ("necrosis", "recurrence")  # labels.csv values; the position is the class index
+    # labels.csv values; the position is the class index. Left at this default on a cohort whose
+    # labels.csv has exactly two other values, the classes become those two in sorted order
+    # (logged with the positive class), and eval.positive_class must name one of them
+    # (ernjax.data.check, before any work). Quote tuples on the command line:
+    # --config.data.classes="('HGG','LGG')" (HGG,LGG is split on the commas too).
+    d.classes = ("necrosis", "recurrence")
     d.channels = ("t1", "t2", "t1c")  # modalities, in channel order
     d.reference = "t1"  # modality whose grid the others are resampled onto
     d.spacing = ()  # (x, y, z) mm in canonical RAS; () keeps the reference spacing

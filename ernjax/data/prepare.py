@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ernjax.data import check, split_file, splits, synthetic
 from ernjax.data import records as records_lib
-from ernjax.data import split_file, splits, synthetic
 
 SPLITS = ("train", "validation", "test")
 # How long the other processes wait for process 0 to write the cohort and build the records
@@ -72,7 +72,13 @@ def prepare(config, workdir) -> DataInfo:
     Returns:
       A DataInfo with splits chosen by `config.data.fold` (-1: train/validation as built;
       k >= 0: fold k of the non-test subjects validates, the other folds train).
+
+    Raises:
+      check.ConfigError: a setting that does not fit the cohort's labels.csv, before any work.
     """
+    # Before the synthetic cohort and the records (minutes to hours): classes, positive class,
+    # channels against labels.csv; may set config.data.classes (`ernjax.data.check`).
+    check.check_config(config)
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
     split_csv = split_file.output_path(workdir, config.data.split.get("file", ""))
     if jax.process_index() == 0:

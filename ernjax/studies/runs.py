@@ -20,7 +20,7 @@ from absl import logging
 
 from ernjax import atomic
 from ernjax.baselines import radiomics
-from ernjax.data import prepare
+from ernjax.data import check, prepare
 from ernjax.data.spec import SampleSpec
 from ernjax.train import loop
 
@@ -39,6 +39,9 @@ def shared_data(config, workdir):
     """
     workdir = Path(workdir)
     c = config.copy_and_resolve_references()
+    # Before the synthetic cohort is written; the classes a run may take from labels.csv are
+    # then in every run's config already, as its saved run_config.json will hold them.
+    check.check_config(c, split_counts=False)
     with c.unlocked():
         c.data.records_dir = config.data.records_dir or str(workdir / "records")
         if not config.data.cohort_dir:
