@@ -38,6 +38,8 @@ EXTRAS_REQUIRE = {
     "cuda": ["jax[cuda12]==0.10.2"],
     # Parity tests and peer benchmarks: the CPU build of PyTorch that this machine ships, and MONAI.
     "torch": ["torch==2.13.0", "monai==1.6.1"],
+    # The TensorBoard server, to review WORKDIR/tensorboard (launch/tensorboard.sh); no TensorFlow.
+    "tensorboard": ["tensorboard==2.21.0"],
 }
 
 setup(

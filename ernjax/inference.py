@@ -264,7 +264,7 @@ def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[in
         "subject_method": run.scoring.subject_method,
         "score": decided["score"],
         "threshold": decided["threshold"],
-        "threshold_source": "validation" if run.cutoffs else "default",
+        "threshold_source": run.scoring.subject_cutoff_source(run.cutoffs),
         "decision": decided["decision"],
         "n_images": len(probs),
     }

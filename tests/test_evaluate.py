@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import math
 
 import numpy as np
@@ -327,8 +328,12 @@ def test_flatten_keys_and_cis():
     # The notes travel with the numbers (9 subjects: a small sample), as lists of str.
     assert flat["test.subject.notes"] == r["subject"]["notes"]
     assert any("small sample: 9 subjects" in n for n in flat["test.subject.notes"])
-    numbers = {k: v for k, v in flat.items() if not k.endswith(".notes")}
-    assert all(isinstance(v, float) for v in numbers.values())
+    numbers = {k: v for k, v in flat.items() if not k.endswith("notes")}
+    whole = ("n", "n_positive", "n_negative", "n_subjects", "tp", "fp", "tn", "fn")
+    counts = {k: v for k, v in numbers.items() if k.rsplit(".", 1)[1] in whole}
+    assert counts and all(type(v) is int for v in counts.values())  # "tp": 76, not 76.0
+    assert all(isinstance(v, float) for k, v in numbers.items() if k not in counts)
+    assert '"test.subject.tp": ' + str(r["subject"]["tp"]) + "," in json.dumps(flat)
     assert not any(k.endswith(("positive_class", "auc_ci", "ci_method")) for k in flat)
     assert reporting.flatten(r["image"], "val")["val.n"] == r["image"]["n"]
     back = reporting.unflatten(flat, "test")
@@ -381,3 +386,16 @@ def test_plot_roc_writes_png(tmp_path):
                        positive_class="recurrence")  # fmt: skip
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_one_volume_per_subject_prints_the_subject_rows_once():
+    probs, labels, ids = _cohort(n_subjects=12, slices=1)  # a 3D run: one volume a subject
+    r = {"test": ev.evaluate_predictions(probs, labels, ids, positive=1, class_names=CLASSES)}
+    assert r["test"]["image"]["auc"] == r["test"]["subject"]["auc"]
+    text = reporting.format_table(r)
+    assert "test subject" in text and "test image" not in text
+    assert reporting.ONE_IMAGE_NOTE in text
+    assert "test image" in reporting.format_table(r, fmt="csv")  # the file keeps both
+    slices = _cohort(n_subjects=12, slices=3)
+    r2 = {"test": ev.evaluate_predictions(*slices, positive=1, class_names=CLASSES)}
+    assert "test image" in reporting.format_table(r2, fmt="markdown")

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import struct
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,7 +19,7 @@ from ernjax import inference
 from ernjax.errors import InputError
 from ernjax.evaluate import calibration, predictions, run_report
 from ernjax.evaluate.scoring import ScoringPolicy
-from ernjax.train import logs, loop
+from ernjax.train import logs, loop, outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,8 @@ def test_predict_matches_the_test_evaluation(run_2d, tmp_path):
     assert report["n_images"] == len(rows)
     assert sum(report["probabilities"].values()) == pytest.approx(1.0)
     assert report["decision"] in ("necrosis", "recurrence")
-    assert report["threshold_source"] == "validation"
+    # tune_threshold is off: the cut-off is the fixed 0.5, not one chosen on validation.
+    assert report["threshold"] == 0.5 and report["threshold_source"] == "default"
     assert len(report["gradcam"]) == 3
     for name in report["gradcam"]:
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
@@ -307,5 +309,57 @@ def test_scalars_read_back_as_tensorboardx_wrote_them(tmp_path):
     events = next(tmp_path.glob("events.out.tfevents.*"))
     events.write_bytes(events.read_bytes()[:-5])
     assert logs.read_scalars(tmp_path)["train/loss"][:2] == [(1, 1.0), (2, 0.5)]
-    png = run_report.plot_training_curves(got, tmp_path / "curves.png", "image.auc")
+    png = outputs.plot_training_curves(got, tmp_path / "curves.png", "image.auc")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "method, tune, source",
+    [
+        ("mean", False, "default"),
+        ("mean", True, "validation"),
+        ("predictive_index", False, "validation"),
+        ("majority", True, "default"),
+    ],
+)
+def test_the_cutoff_source_says_whether_validation_chose_it(method, tune, source):
+    c = _config("configs/ern.py").eval
+    c.subject_method, c.tune_threshold = method, tune
+    scoring = ScoringPolicy.from_config(c, ("necrosis", "recurrence"))
+    assert scoring.subject_cutoff_source({"threshold": 0.5, "subject_threshold": 0.5}) == source
+    assert scoring.subject_cutoff_source({}) == "default"
+
+
+def test_a_run_leaves_its_tables_config_and_figures(run_2d):
+    config = inference.load_run(run_2d).config
+    assert json.loads((run_2d / "config.json").read_text()) == json.loads(config.to_json())
+    table = (run_2d / "results.md").read_text()
+    assert table.index("test subject") < table.index("test image") and "Notes:" in table
+    rows = list(csv.DictReader((run_2d / "results.csv").open()))
+    flat = json.loads((run_2d / "results.json").read_text())
+    test_subject = next(r for r in rows if r["row"] == "test subject")
+    assert float(test_subject["sensitivity"]) == pytest.approx(flat["test.subject.sensitivity"])
+    for name in (
+        "roc_test_subject.png",
+        "roc_test_image.png",
+        "confusion_test.png",
+        "training_curves.png",
+        "inputs_validation.png",
+    ):
+        assert (run_2d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # Every figure is in TensorBoard's Images tab too.
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in (run_2d / "tensorboard").glob("events.out.tfevents.*"):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            tags |= {v.tag for v in event.summary.value if v.HasField("image")}
+            pos += 12 + n + 4
+    expected = {"figures/confusion_test", "figures/roc_test_subject", "figures/reliability_test"}
+    assert expected <= tags
+    # The validation curve has every epoch's point (the events were flushed before reading).
+    scalars = logs.read_scalars(run_2d / "tensorboard")
+    assert len(scalars["validation/loss"]) == config.train.num_epochs

@@ -550,6 +550,8 @@ def format_calibration_table(
     """
     from ernjax.evaluate import reporting  # the table renderer (reporting imports no one here)
 
+    if fmt != "csv":  # one volume per subject: the image rows would repeat the subject rows
+        levels = reporting.shown_levels(results, levels)[0]
     rows = _rows(results, levels)
     keys = ("brier", "brier_null", "calibration_intercept", "calibration_slope")
     if fmt == "csv":

@@ -55,10 +55,10 @@ LEVELS = ("subject", "image")  # the order of rows: subject-level first
 def flatten(results: Mapping, prefix: str = "") -> dict[str, float | list[str]]:
     """Nested results as flat "a.b.c" -> float, e.g. for TensorBoard or a CSV row.
 
-    A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; numbers (ints, bools, NaN
-    included) become floats. "notes" and "<what>_notes" ("calibration_notes") stay, as lists of
-    str ("test.image.notes"), so that the caveats travel with the numbers into results.json;
-    other strings are left out.
+    A "<name>_ci" pair becomes "<name>_ci_low" and "<name>_ci_high"; the counts (n, tp, ...)
+    become ints and the other numbers (bools, NaN included) floats. "notes" and "<what>_notes"
+    ("calibration_notes") stay, as lists of str ("test.image.notes"), so that the caveats travel
+    with the numbers into results.json; other strings are left out.
 
     Args:
       results: nested mappings, e.g. {"test": evaluate_predictions(...)}.
@@ -77,7 +77,9 @@ def flatten(results: Mapping, prefix: str = "") -> dict[str, float | list[str]]:
         elif str(key).endswith("_ci") and isinstance(value, Sequence | np.ndarray):
             out[f"{name}_low"], out[f"{name}_high"] = (float(v) for v in value)
         elif isinstance(value, numbers.Real):
-            out[name] = float(value)
+            # Counts stay whole numbers ("tp": 76, not 76.0); everything else is a float.
+            whole = key in _COUNTS and float(value).is_integer()
+            out[name] = int(value) if whole else float(value)
     return out
 
 
@@ -188,6 +190,27 @@ def _rows(results: Mapping[str, Mapping], levels: Sequence[str]) -> list[tuple[s
     return by_level + rows
 
 
+ONE_IMAGE_NOTE = (
+    "One image (volume) per subject: the image rows equal the subject rows and are not shown "
+    "(the .csv and .json keep both)."
+)
+
+
+def shown_levels(results: Mapping[str, Mapping], levels: Sequence[str]) -> tuple[list[str], bool]:
+    """The levels a text or Markdown table shows, and whether image rows were left out.
+
+    Where every result has one image per subject (3D volumes), the image rows repeat the
+    subject rows number for number, so only the subject rows are shown.
+    """
+    nested = [r for r in results.values() if "auc" not in r and "image" in r]
+    one_each = bool(nested) and all(
+        r["image"].get("n") == r["image"].get("n_subjects") for r in nested
+    )
+    if one_each and "subject" in levels and "image" in levels:
+        return [lvl for lvl in levels if lvl != "image"], True
+    return list(levels), False
+
+
 def row_notes(rows: Sequence[tuple[str, Mapping]]) -> list[str]:
     """Each distinct note once, with the rows it applies to: "ern subject, ern image: <note>"."""
     where: dict[str, list[str]] = {}
@@ -259,6 +282,8 @@ def format_table(
     Returns:
       The table as a string.
     """
+    if fmt != "csv":
+        levels, dropped = shown_levels(results, levels)
     rows = _rows(results, levels)
     positives = sorted({str(m.get("positive_class", "?")) for _, m in rows})
     if fmt == "csv":
@@ -283,7 +308,7 @@ def format_table(
         count = f"{m.get('n', '?')} ({m.get('n_positive', '?')})"
         cells = [name] + ([] if one_positive else [str(m.get("positive_class", "?"))])
         body.append(cells + [count] + [_cell(m, c, digits) for c in columns])
-    notes = row_notes(rows)
+    notes = row_notes(rows) + ([ONE_IMAGE_NOTE] if dropped else [])
     lead = "- " if fmt == "markdown" else "  "
     listed = "".join(f"{lead}{n}\n" for n in notes)
     return (
@@ -317,7 +342,7 @@ def _footnote(rows, positives) -> str:
     methods = "; ".join(f"{who}: {how}" for who, how in described.items())
     return (
         f"\nPositive class: {', '.join(positives)}. {confidence:.0%} CIs, {methods}. n/a: "
-        f"undefined (e.g. one class only).\n"
+        f"undefined (the notes say why).\n"
     )
 
 

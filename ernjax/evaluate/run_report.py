@@ -11,8 +11,8 @@ with, in this order:
   - a checklist of the CLAIM 2024 and TRIPOD+AI 2024 topics the run covers, and those it leaves to
     the researcher.
 Images are embedded (base64), so the page can be mailed or archived alone. It carries subject IDs
-only, as every output does. The new figures (roc_test_*.png, training_curves.png) and the Grad-CAM
-images (report_gradcam/) are also left in WORKDIR.
+only, as every output does. The figures are the run's own (`ernjax.train.outputs`, the
+calibration figures); the Grad-CAM images are left in WORKDIR/report_gradcam/.
 """
 
 import base64
@@ -23,20 +23,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ernjax import atomic  # noqa: E402
-from ernjax.data import records as records_lib  # noqa: E402
-from ernjax.data.prepare import SPLITS, DataInfo  # noqa: E402
-from ernjax.errors import InputError  # noqa: E402
-from ernjax.evaluate import predictions, reporting  # noqa: E402
-from ernjax.evaluate.scoring import ScoringPolicy  # noqa: E402
-from ernjax.train import logs  # noqa: E402
+from ernjax import atomic
+from ernjax.data import records as records_lib
+from ernjax.data.prepare import SPLITS, DataInfo
+from ernjax.errors import InputError
+from ernjax.evaluate import predictions, reporting
 
 REPORT = "report.html"
+WIDE = ("training_curves.png", "confusion_test.png", "inputs_validation.png")
 GRADCAM_DIR = "report_gradcam"
 # The settings a reader of a methods section asks for first; the full config follows them.
 SETTINGS = {
@@ -83,9 +77,11 @@ SETTINGS = {
 FIGURES = (
     ("roc_test_subject.png", "ROC, subject-wise (test)"),
     ("roc_test_image.png", "ROC, image-wise (test)"),
+    ("confusion_test.png", "Confusion matrices at the table's cut-offs (test)"),
     ("reliability_test.png", "Reliability diagram (test)"),
     ("decision_curve_test.png", "Decision curve (test)"),
     ("training_curves.png", "Training and validation curves"),
+    ("inputs_validation.png", "Validation inputs as the model sees them"),
 )
 
 
@@ -118,9 +114,7 @@ def write(config, workdir, info: DataInfo | None = None, *, gradcam_subjects: in
         for s in ("validation", "test")
         if (workdir / f"predictions_{s}.csv").is_file()
     }
-    scoring = ScoringPolicy.from_config(config.eval, info.class_names)
-    _figures(config, workdir, scoring, preds)
-    cams = _gradcam(workdir, preds.get("test"), scoring, gradcam_subjects)
+    cams = _gradcam(workdir, preds.get("test"), gradcam_subjects)
     sections = [
         _header(config, workdir, flat),
         _data_section(config, info, flat),
@@ -239,41 +233,6 @@ def _results_section(workdir: Path, flat: Mapping, eval_config) -> str:
     return "\n".join(parts)
 
 
-def _figures(config, workdir: Path, scoring: ScoringPolicy, preds: Mapping) -> None:
-    """The figures the run itself does not draw: test ROC curves and training curves."""
-    if "test" in preds:
-        cutoffs = scoring.cutoffs(preds.get("validation"))
-        scoring.plot_rocs({"test": preds["test"]}, workdir / "roc_test", {"test": cutoffs})
-    scalars = logs.read_scalars(workdir / "tensorboard")
-    if scalars:
-        plot_training_curves(scalars, workdir / "training_curves.png", config.train.select_metric)
-
-
-def plot_training_curves(scalars: Mapping[str, Sequence], path, select_metric: str = "") -> Path:
-    """Training loss and validation loss (left), validation AUCs per epoch (right), by step."""
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for tag, style in (("train/loss", "-"), ("validation/loss", "o-")):
-        if tag in scalars:
-            steps, values = zip(*scalars[tag], strict=True)
-            ax_loss.plot(steps, values, style, label=tag, markersize=3, linewidth=1)
-    ax_loss.set(xlabel="step", ylabel="loss", title="Loss")
-    ax_loss.set_yscale("log")
-    for tag in ("validation/subject.auc", "validation/image.auc"):
-        if tag in scalars:
-            steps, values = zip(*scalars[tag], strict=True)
-            ax_auc.plot(steps, values, "o-", label=tag, markersize=3, linewidth=1)
-    ax_auc.set(xlabel="step", ylabel="AUC", ylim=(-0.02, 1.02), title="Validation AUC")
-    ax_auc.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    for ax in (ax_loss, ax_auc):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    if select_metric:
-        fig.suptitle(f"checkpoint selection metric: {select_metric}", fontsize=9)
-    fig.tight_layout()
-    return atomic.save_figure(fig, path)
-
-
 def _figures_section(workdir: Path) -> str:
     parts = ["<h2>Figures</h2>", "<div class='figs'>"]
     for name, title in FIGURES:
@@ -283,7 +242,7 @@ def _figures_section(workdir: Path) -> str:
     return "\n".join(parts)
 
 
-def _gradcam(workdir: Path, test, scoring: ScoringPolicy, n: int) -> list[dict] | str:
+def _gradcam(workdir: Path, test, n: int) -> list[dict] | str:
     """Grad-CAM of up to `n` test subjects (one of each class first), via `inference.predict`.
 
     Returns the predict reports with their PNGs, or why there are none (a str).
@@ -451,7 +410,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]], *, escape: bool
 
 def _figure(path: Path, caption: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    wide = " class='wide'" if Path(path).name == "training_curves.png" else ""
+    wide = " class='wide'" if Path(path).name in WIDE else ""
     return (
         f"<figure{wide}><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{_e(caption)}</figcaption></figure>"

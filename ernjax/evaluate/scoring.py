@@ -130,6 +130,19 @@ class ScoringPolicy:
             tune_threshold=self.tune_threshold,
         )
 
+    def subject_cutoff_source(self, cutoffs: Mapping | None) -> str:
+        """Whether the subject cut-off was tuned on validation ("validation") or not ("default").
+
+        "mean" cuts subjects at the image cut-off, tuned only with `tune_threshold`;
+        "predictive_index" always tunes its own; "majority" always cuts at half.
+        """
+        if not cutoffs:
+            return "default"
+        tuned = self.subject_method == "predictive_index" or (
+            self.subject_method == "mean" and self.tune_threshold
+        )
+        return "validation" if tuned else "default"
+
     def image_cutoff(self, cutoffs: Mapping | None) -> float:
         """The image cut-off on the positive-class probability (`cutoffs` or the default)."""
         return float((cutoffs or {}).get("threshold", stats.DEFAULT_THRESHOLD))

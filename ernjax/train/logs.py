@@ -29,6 +29,19 @@ class Writer:
             for k, v in values.items():
                 self._w.add_scalar(k, v, step)
 
+    def flush(self) -> None:
+        """Writes the buffered events to disk (so that `read_scalars` sees them all)."""
+        if self._w is not None:
+            self._w.flush()
+
+    def image(self, tag: str, png, step: int) -> None:
+        """Writes a PNG file as an image at `step` (TensorBoard's Images tab)."""
+        if self._w is not None:
+            from matplotlib import image as mpimg
+
+            pixels = mpimg.imread(str(png))[..., :3]  # RGBA floats in [0, 1]
+            self._w.add_image(tag, pixels, step, dataformats="HWC")
+
     def text(self, tag: str, text: str) -> None:
         """Writes a text summary (shown as code) at step 0."""
         if self._w is not None:

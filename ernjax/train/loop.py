@@ -28,6 +28,7 @@ from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
 from ernjax.models.layers import check_norm
+from ernjax.train import outputs
 from ernjax.train.logs import StepLog, Writer
 from ernjax.train.steps import Steps, build_training, create_model, device_batch, scored_model
 
@@ -197,6 +198,8 @@ def train_and_evaluate(config, workdir, *, pipeline: DataPipeline = GRAIN) -> di
             results["train.steps_per_second"] = steps_per_s
             results["skipped"] = _skipped(run)
             _write_results(run, results)
+        if jax.process_index() == 0:
+            outputs.to_tensorboard(run.writer, workdir, int(results["checkpoint_step"]))
         return results
     finally:
         run.ckpt.close()
@@ -382,6 +385,16 @@ def _final_evaluation(run: _Run) -> dict:
         if skipped := _skipped(run):
             print(reporting.format_skipped(skipped), flush=True)
         _write_calibration(run, preds, cutoffs, results)
+        run.writer.flush()  # training_curves.png reads the events back
+        outputs.write(
+            run.workdir,
+            run.config,
+            run.scoring,
+            preds,
+            cutoffs,
+            results,
+            inputs=_first_batch(run, "validation"),
+        )
     flat = reporting.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.progress.step)
     return flat
@@ -425,6 +438,14 @@ def _write_calibration(run: _Run, preds: dict, cutoffs: dict, results: dict) -> 
         f"Decision curve, {split} split, subject-wise",
         positive_class=positive,
     )
+
+
+def _first_batch(run: _Run, split: str) -> dict | None:
+    """The first evaluation batch of `split` (this process's share), None without the split."""
+    if not run.info.num_examples.get(split):
+        return None
+    size = run.config.eval.batch_size
+    return next(iter(run.pipeline.eval_iterator(run.config, run.info, split, global_batch=size)))
 
 
 def _skipped(run: _Run) -> list[dict]:
