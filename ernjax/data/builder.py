@@ -33,6 +33,7 @@ from ernjax.data import cohort as cohort_lib
 from ernjax.data import samples, split_file, splits
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
+from ernjax.progress import Meter
 
 VERSION = tfds.core.Version("1.0.0")
 # TFDS convention: the dataset's README.md, CITATIONS.bib and dummy_data/ live in its data_builders/
@@ -292,8 +293,10 @@ def _load_all(
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(x, spec, str(folder / f"{i:05d}.npz")) for i, x in enumerate(subjects)]
     loaded, skipped = {}, []
-    with _worker_pool(min(workers, len(jobs))) as pool:
-        for (subject, _, _), outcome in zip(jobs, _outcomes(pool, jobs), strict=True):
+    logging.info("records: loading %d subjects with %d workers", len(jobs), min(workers, len(jobs)))
+    meter = Meter("records: subjects loaded", len(jobs), unit="subject")
+    with meter, _worker_pool(min(workers, len(jobs))) as pool:
+        for (subject, _, _), outcome in zip(jobs, _outcomes(pool, jobs, meter), strict=True):
             if not isinstance(outcome, InputError):
                 loaded[subject.subject_id] = outcome
                 continue
@@ -310,18 +313,25 @@ def _load_all(
     return loaded, skipped
 
 
-def _outcomes(pool, jobs):
+def _outcomes(pool, jobs, meter: Meter):
     """Yields `_write_examples(*job)` or the InputError it raised, in job order.
 
     Without a pool each job runs here when its outcome is asked for, so an error stops the
-    build before the next subject is loaded.
+    build before the next subject is loaded. `meter` counts each subject as it finishes, in
+    whatever order the workers finish them.
     """
     futures = [pool.submit(_write_examples, *job) for job in jobs] if pool else None
+    for f in futures or ():
+        # Runs in the pool's thread; a job cancelled at shutdown (after an error) is not done.
+        f.add_done_callback(lambda f: f.cancelled() or meter.update())
     for i, job in enumerate(jobs):
         try:
-            yield futures[i].result() if futures else _write_examples(*job)
+            outcome = futures[i].result() if futures else _write_examples(*job)
         except InputError as e:
-            yield e
+            outcome = e
+        if not futures:
+            meter.update()
+        yield outcome
 
 
 @contextlib.contextmanager

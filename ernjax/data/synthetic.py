@@ -21,6 +21,7 @@ import argparse
 import csv
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from scipy import ndimage
 from ernjax import atomic
 from ernjax.data.geometry import Image, resample, save_image, spacing_grid
 from ernjax.errors import InputError, one_line_errors
+from ernjax.progress import Meter
 
 GENERATOR_VERSION = 1  # bump when the images change, so cached cohorts are rewritten
 MODALITIES = ("t1", "t1c", "t2", "flair")
@@ -417,6 +419,7 @@ def write_cohort(
     if out.exists() and any(out.iterdir()) and not (out / "cohort.json").exists():
         raise FileExistsError(f"{out} exists and is not a synthetic cohort; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    logging.info("synthetic cohort: writing %d subjects to %s", subjects, out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_subjects(tmp, params)
@@ -439,13 +442,15 @@ def _write_subjects(tmp: Path, params: dict) -> None:
     width = max(4, len(str(params["subjects"])))
     labels = _labels(params["subjects"], params["seed"], params["recurrence_fraction"])
     rows = []
-    for i, label in enumerate(labels, start=1):
-        sid = f"syn-{i:0{width}d}"
-        kw = {k: params[k] for k in ("difficulty", "slice_thickness", "spacing")}
-        arrays, affine = make_subject(params["seed"], i, label, **kw)
-        for name, data in arrays.items():
-            save_image(Image(data, affine), tmp / sid / f"{sid}_{name}.nii.gz")
-        rows.append((sid, label, ";".join(map(str, lesion_slices(arrays["mask"])))))
+    with Meter("synthetic cohort", len(labels), unit="subject") as meter:
+        for i, label in enumerate(labels, start=1):
+            sid = f"syn-{i:0{width}d}"
+            kw = {k: params[k] for k in ("difficulty", "slice_thickness", "spacing")}
+            arrays, affine = make_subject(params["seed"], i, label, **kw)
+            for name, data in arrays.items():
+                save_image(Image(data, affine), tmp / sid / f"{sid}_{name}.nii.gz")
+            rows.append((sid, label, ";".join(map(str, lesion_slices(arrays["mask"])))))
+            meter.update()
     with atomic.atomic_path(tmp / "labels.csv") as path, open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("subject_id", "label", "lesion_slices"))
@@ -481,6 +486,7 @@ def main(argv=None) -> None:
     ap.add_argument("--slice_thickness", type=float, default=0.0, help="mm; 0 = isotropic")
     ap.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm")
     args = vars(ap.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the progress lines
     out = args.pop("out")
     try:
         _check(**{k: v for k, v in args.items() if k != "seed"})

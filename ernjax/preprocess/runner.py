@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from ernjax.data import cohort as cohort_lib
 from ernjax.data.geometry import Image, check_mask_grid, load_image, save_image
 from ernjax.errors import InputError
 from ernjax.preprocess import dicom, pipeline, qc
+from ernjax.progress import Meter
 
 WORK_DIR = ".preprocess"  # hidden, so that it is never taken for a subject folder
 
@@ -214,13 +214,9 @@ def _run_tasks(tasks: list, workers: int, progress: bool):
     bar.close()
 
 
-def _progress(total: int, enabled: bool):
-    """A tqdm bar on stderr (tqdm comes with tensorflow-datasets)."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, desc="preprocess", unit="subject", file=sys.stderr, disable=not enabled
-    )
+def _progress(total: int, enabled: bool) -> Meter:
+    """The subjects counted as they finish: a bar on a terminal when `enabled`, else log lines."""
+    return Meter("preprocess", total, unit="subject", tty=None if enabled else False)
 
 
 def _discover(cohort_dir: Path, out_dir: Path, modalities, settings, labels_required, mask_pattern):
@@ -282,7 +278,8 @@ def preprocess_cohort(
       workers: subjects processed in parallel (processes).
       labels_required: passed to the cohort reader (a labels.csv must list every subject).
       mask_pattern: glob of a lesion mask, carried through the same transforms (nearest).
-      progress: show a progress bar on stderr.
+      progress: show a progress bar on stderr when it is a terminal (else, and when False,
+        the progress goes to the log as plain lines).
 
     Returns:
       The Summary; `summary.ok` is False when any subject failed.

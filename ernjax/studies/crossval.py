@@ -30,6 +30,7 @@ from ernjax.errors import InputError
 from ernjax.evaluate import calibration, predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
+from ernjax.progress import Meter
 from ernjax.studies import compare, repeat, runs
 
 
@@ -62,9 +63,15 @@ def run(config, workdir, folds=None, ensemble: str = "mean") -> dict:
         raise ValueError(f"fold {bad[0]} is not in 0..{k - 1}")
     split_csv = split_file.output_path(workdir, config.data.split.get("file", ""))
     runner = runs.Runner()  # the radiomics folds share one feature table
-    for fold in todo:
-        logging.info("cross-validation: fold %d of %d", fold, k)
-        runner(fold_config(config, workdir, fold), workdir / f"fold_{fold}")
+    # The ETA counts every finished fold, the first (which also builds the records) too: there
+    # are too few folds to leave one out.
+    meter = Meter("cross-validation", len(todo), unit="fold", every=1, tty=False, warmup=False)
+    with meter:
+        for i, fold in enumerate(todo, start=1):
+            out = workdir / f"fold_{fold}"
+            logging.info("cross-validation: fold %d of %d (%s)", i, len(todo), out)
+            runner(fold_config(config, workdir, fold), out)
+            meter.update()
     # The study's split (and folds) beside its results: every fold's run wrote the same one.
     if (written := workdir / f"fold_{todo[-1]}" / split_file.SPLIT_CSV).is_file():
         atomic.write_text(split_csv, written.read_text(encoding="utf-8"))

@@ -11,6 +11,7 @@ import optax
 from absl import logging
 
 from ernjax.errors import disk_full_reason
+from ernjax.progress import clock
 
 
 class Writer:
@@ -105,6 +106,7 @@ class StepLog:
         steps_per_epoch: int,
         total_steps: int,
         step: int,
+        clock=time.perf_counter,
     ):
         """Starts timing at `step` (0, or the step a run resumed from).
 
@@ -115,41 +117,50 @@ class StepLog:
           steps_per_epoch: train steps per epoch (for the epoch shown).
           total_steps: the run's last step (for the ETA).
           step: the step training starts from.
+          clock: seconds (tests pass a fake clock).
         """
         self.writer, self.schedule, self.batch_size = writer, schedule, batch_size
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
-        self.step, self.time = step, time.perf_counter()
-        self.ref = None  # (step, time) of the first log: rates from there exclude compilation
+        self.clock = clock
+        self.step, self.time = step, clock()
+        # (step, time) where the rates and the ETA start: `started` after the first step, which
+        # compiles (minutes on a CPU), else the first log.
+        self.ref = None
+
+    def started(self, step: int) -> None:
+        """Marks the end of the warm-up (the first step, compiled): rates count from here."""
+        self.restart_interval(step)
+        self.ref = (step, self.time)
 
     def steps_per_second(self, step: int) -> float:
-        """Mean rate since the first log, NaN if there was none."""
+        """Mean rate since the warm-up (`started`, else the first log); NaN before."""
         if self.ref is None or step <= self.ref[0]:
             return math.nan
-        return (step - self.ref[0]) / (time.perf_counter() - self.ref[1])
+        return (step - self.ref[0]) / max(self.clock() - self.ref[1], 1e-9)
 
     def restart_interval(self, step: int) -> None:
         """Starts the next throughput interval now (the ETA still counts all time)."""
-        self.step, self.time = step, time.perf_counter()
+        self.step, self.time = step, self.clock()
 
     def log(self, step: int, values: dict) -> None:
         """Logs one line and writes the train scalars of `values` ({"loss", "grad_norm"})."""
-        now = time.perf_counter()
-        ex_per_s = (step - self.step) * self.batch_size / max(now - self.time, 1e-9)
-        if self.ref is None:
+        now = self.clock()
+        if self.ref is None:  # nothing marked the warm-up: its time would be in the rate
             self.ref = (step, now)
-            steps_per_s = (step - self.step) / max(now - self.time, 1e-9)
-        else:
-            steps_per_s = (step - self.ref[0]) / max(now - self.ref[1], 1e-9)
-        eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
         scalars = {
             "loss": values["loss"],
             "grad_norm": values["grad_norm"],
             "learning_rate": float(self.schedule(step - 1)),
-            "examples_per_second": ex_per_s,
         }
+        if step > self.step:  # none at the first log after the warm-up's mark (its own step)
+            scalars["examples_per_second"] = (
+                (step - self.step) * self.batch_size / max(now - self.time, 1e-9)
+            )
         shown = ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
         epoch = (step - 1) // self.steps_per_epoch + 1
-        eta = time.strftime("%H:%M:%S", time.gmtime(eta))
-        logging.info("step %d/%d (epoch %d): %s, ETA %s", step, self.total_steps, epoch, shown, eta)
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        eta = clock((self.total_steps - step) / self.steps_per_second(step))
+        total = self.total_steps
+        logging.info("step %d/%d (epoch %d/%d): %s, ETA %s", step, total, epoch, epochs, shown, eta)
         self.writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         self.step, self.time = step, now

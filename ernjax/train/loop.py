@@ -12,6 +12,7 @@ rerun ends with the same parameters as an uninterrupted one.
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import jax
@@ -28,6 +29,7 @@ from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.models import pretrained
 from ernjax.models.layers import check_norm
+from ernjax.progress import Meter
 from ernjax.train import outputs
 from ernjax.train.logs import StepLog, Writer
 from ernjax.train.steps import Steps, build_training, create_model, device_batch, scored_model
@@ -119,6 +121,7 @@ def _setup(config, workdir: Path, pipeline: DataPipeline) -> _Run:
     _check_data(config, info)
     scoring = ScoringPolicy.from_config(config.eval, info.class_names)  # checks positive_class
     spe = pipeline.steps_per_epoch(info, config.train.batch_size)
+    logging.info("creating the model %s and its optimizer...", config.model.name)
     model = create_model(config, info.image_shape)
     if config.model.init_from:
         # Pretrained weights (PyTorch file or an ernjax run); a checkpoint to resume wins later.
@@ -227,13 +230,21 @@ def _train(run: _Run) -> float:
         total_steps=total,
         step=step,
     )
-    pending = None
+    pending, first = None, step + 1
     while step < total and not progress.stopped_early:
+        if step + 1 == first:
+            logging.info("compiling the train step (and reading the first batch)...")
+            compile_start = time.perf_counter()
         batch = next(run.train_iter)
         run.steps.state, metrics = run.steps.train(
             run.steps.state, device_batch(batch, run.steps.batch_sharding)
         )
         step += 1
+        if step == first:  # compiled: timed apart, and kept out of the rates and the ETA
+            jax.block_until_ready(metrics)
+            seconds = time.perf_counter() - compile_start
+            logging.info("compiled the train step in %.1f s (with step %d)", seconds, step)
+            log.started(step)
         # Check the previous step while this one runs, so the host never waits on the device.
         if pending is not None:
             _check_finite(run, *pending)
@@ -330,12 +341,21 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
     Returns:
       (evaluate_predictions output plus "loss" (class-weighted), the predictions).
     """
-    outs = []
-    batches = run.pipeline.eval_iterator(
-        run.config, run.info, split, global_batch=run.config.eval.batch_size
-    )
-    for batch in batches:
-        outs.append(run.steps.evaluate(model_state, device_batch(batch, run.steps.batch_sharding)))
+    outs, size = [], run.config.eval.batch_size
+    batches = run.pipeline.eval_iterator(run.config, run.info, split, global_batch=size)
+    n = run.info.num_examples[split]
+    logging.info("predicting the %d %s examples...", n, split)
+    # Lines only every interval_s: a short evaluation shows just its total time.
+    with Meter(f"{split} predictions", n, unit="example", every=n) as meter:
+        for batch in batches:
+            outs.append(
+                run.steps.evaluate(model_state, device_batch(batch, run.steps.batch_sharding))
+            )
+            if len(outs) > 1:  # counted once done, a batch behind: the device keeps working
+                jax.block_until_ready(outs[-2])
+                meter.update(min(size, n - meter.done))
+        jax.block_until_ready(outs[-1])
+        meter.update(n - meter.done)
     out = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in outs[0]}
     keep = out["valid"].astype(bool)
     preds = Predictions(
