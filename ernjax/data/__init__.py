@@ -1,5 +1,7 @@
 """The data flow, one module a stage.
 
+check     the config against labels.csv before any work: classes, positive class, channels,
+          each split's class counts (`prepare` and the studies call it first)
 cohort    labels.csv + glob patterns -> Subjects (files found, labels checked)
 geometry  NIfTI in and out, RAS reorientation, resampling, grids (also for preprocess, gradcam)
 spec      SampleSpec: the settings that decide the examples (the records' cache key) and the

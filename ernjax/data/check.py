@@ -82,9 +82,6 @@ def check_config(config, *, split_counts: bool = True) -> None:
         derived = False
     else:
         derived = _check_classes(config, rows, labels_csv)
-    _check_positive_class(config, labels_csv if derived else None)
-    _check_num_classes(config)
-    _check_modalities(config, synthetic_cohort=not d.cohort_dir)
     if derived:
         classes = tuple(d.classes)
         logging.info(
@@ -97,6 +94,9 @@ def check_config(config, *, split_counts: bool = True) -> None:
             config.eval.positive_class,
             tuple_flag(classes),
         )
+    _check_positive_class(config, labels_csv if derived else None)
+    _check_num_classes(config)
+    _check_modalities(config, synthetic_cohort=not d.cohort_dir)
     if split_counts and rows is not None:
         _split_counts(config, rows, labels_csv)
 
