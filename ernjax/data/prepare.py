@@ -40,6 +40,21 @@ class DataInfo:
     # folder), "problem"} each, for results.json and the printed summary.
     skipped: tuple[dict, ...] = ()
 
+    def class_counts(self) -> dict[str, dict[str, list[int]]]:
+        """Subjects and images per split and class: {split: {"subjects": [..], "images": [..]}}."""
+        index = records_lib.open_records(self.records_dir).index["splits"]
+        out = {}
+        for split in SPLITS:
+            parts = self.parts.get(split, ())
+            labels = [index[p]["label"][i] for p, i in parts]
+            of_subject = {index[p]["subject_id"][i]: index[p]["label"][i] for p, i in parts}
+            per_subject = list(of_subject.values())
+            out[split] = {
+                "subjects": [per_subject.count(k) for k in range(len(self.class_names))],
+                "images": [labels.count(k) for k in range(len(self.class_names))],
+            }
+        return out
+
     def subject_ids(self, split: str) -> list[str]:
         """Subject of each example of `split`, in iteration order of `eval_iterator`."""
         index = records_lib.open_records(self.records_dir).index["splits"]

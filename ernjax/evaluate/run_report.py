@@ -1,8 +1,8 @@
 """One self-contained HTML page per run: what a person looks at instead of reading the files.
 
-`write(config, workdir)` reads a finished run's own outputs (results.json, predictions_<split>.csv,
-split.csv, calibration.md and its figures, the TensorBoard events) and writes WORKDIR/report.html
-with, in this order:
+`write(config, workdir)` reads a finished run's own outputs (results.json, data.json,
+predictions_<split>.csv, calibration.md and the figures of `ernjax.train.outputs`) and writes
+WORKDIR/report.html with, in this order:
   - the data: subjects and images per split and class, the subjects skipped and why;
   - the settings of preprocessing, sampling, model, training and evaluation (and the full config);
   - the results tables with their notes (subject rows first), the calibration table;
@@ -24,8 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ernjax import atomic
-from ernjax.data import records as records_lib
-from ernjax.data.prepare import SPLITS, DataInfo
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions, reporting
 
@@ -85,13 +83,12 @@ FIGURES = (
 )
 
 
-def write(config, workdir, info: DataInfo | None = None, *, gradcam_subjects: int = 2) -> Path:
+def write(config, workdir, *, gradcam_subjects: int = 2) -> Path:
     """Writes WORKDIR/report.html for the finished run in WORKDIR (see the module docstring).
 
     Args:
       config: the run's config.
       workdir: the run's WORKDIR, with its results.json.
-      info: the run's data (`prepare.prepare`); None = open the records again.
       gradcam_subjects: test subjects with Grad-CAM images (one of each class first); 0: none.
 
     Returns:
@@ -105,10 +102,6 @@ def write(config, workdir, info: DataInfo | None = None, *, gradcam_subjects: in
     if not results_path.is_file():
         raise InputError("", results_path, "the run has not finished: no results.json to report")
     flat = json.loads(results_path.read_text(encoding="utf-8"))
-    if info is None:
-        from ernjax.data import prepare  # the records exist: this only opens them
-
-        info = prepare.prepare(config, workdir)
     preds = {
         s: predictions.read_csv(workdir / f"predictions_{s}.csv")
         for s in ("validation", "test")
@@ -117,7 +110,7 @@ def write(config, workdir, info: DataInfo | None = None, *, gradcam_subjects: in
     cams = _gradcam(workdir, preds.get("test"), gradcam_subjects)
     sections = [
         _header(config, workdir, flat),
-        _data_section(config, info, flat),
+        _data_section(config, workdir, flat),
         _settings_section(config),
         _results_section(workdir, flat, config.eval),
         _figures_section(workdir),
@@ -146,33 +139,21 @@ def _header(config, workdir: Path, flat: Mapping) -> str:
     )
 
 
-def split_counts(info: DataInfo) -> dict[str, dict]:
-    """Subjects and images per split and class: {split: {"subjects": [...], "images": [...]}}."""
-    index = records_lib.open_records(info.records_dir).index["splits"]
-    out = {}
-    for split in SPLITS:
-        parts = info.parts.get(split, ())
-        labels = [index[p]["label"][i] for p, i in parts]
-        subjects = {index[p]["subject_id"][i]: index[p]["label"][i] for p, i in parts}
-        out[split] = {
-            "subjects": [list(subjects.values()).count(k) for k in range(len(info.class_names))],
-            "images": [labels.count(k) for k in range(len(info.class_names))],
-        }
-    return out
-
-
-def _data_section(config, info: DataInfo, flat: Mapping) -> str:
-    counts = split_counts(info)
-    names = list(info.class_names)
+def _data_section(config, workdir: Path, flat: Mapping) -> str:
+    path = workdir / "data.json"
+    if not path.is_file():
+        return "<h2>Data</h2><p>No data.json: the run finished before runs recorded it.</p>"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    names = data["class_names"]
     header = ["split", "subjects", *(f"{n} subjects" for n in names), "images"]
     body = []
-    for split, c in counts.items():
+    for split, c in data["splits"].items():
         row = [split, str(sum(c["subjects"])), *map(str, c["subjects"]), str(sum(c["images"]))]
         body.append(row)
-    total = [sum(c["subjects"][k] for c in counts.values()) for k in range(len(names))]
+    total = [sum(c["subjects"][k] for c in data["splits"].values()) for k in range(len(names))]
     body.append(["all", str(sum(total)), *map(str, total), ""])
     parts = ["<h2>Data</h2>", _table(header, body)]
-    unit = "slices" if info.kind == "slices2d" else "volumes"
+    unit = "slices" if data["kind"] == "slices2d" else "volumes"
     parts.append(
         f"<p>Images are {unit}. The split is by patient"
         + (
@@ -183,7 +164,7 @@ def _data_section(config, info: DataInfo, flat: Mapping) -> str:
         + "; it is written to <code>split.csv</code> (subject_id, group, split, fold) and can be "
         "given back as <code>--config.data.split.file</code>.</p>"
     )
-    skipped = flat.get("skipped") or []
+    skipped = data.get("skipped") or flat.get("skipped") or []
     if skipped:
         rows = [[s.get("subject_id") or "cohort", s.get("file", ""), s["problem"]] for s in skipped]
         parts += [

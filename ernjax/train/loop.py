@@ -24,6 +24,7 @@ from absl import logging
 from ernjax import atomic
 from ernjax.checkpoints import Checkpointer, Progress, SelectMetric
 from ernjax.data.pipeline import GRAIN, CheckpointableIterator, DataLayout, DataPipeline
+from ernjax.data.prepare import DataInfo
 from ernjax.evaluate import calibration, predictions, reporting, stats
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
@@ -414,6 +415,7 @@ def _final_evaluation(run: _Run) -> dict:
             cutoffs,
             results,
             inputs=_first_batch(run, "validation"),
+            data=_data_summary(run),
         )
     flat = reporting.flatten(results)
     flat["checkpoint_step"] = float(step if step is not None else run.progress.step)
@@ -458,6 +460,18 @@ def _write_calibration(run: _Run, preds: dict, cutoffs: dict, results: dict) -> 
         f"Decision curve, {split} split, subject-wise",
         positive_class=positive,
     )
+
+
+def _data_summary(run: _Run) -> dict | None:
+    """What the run trained and was scored on, for WORKDIR/data.json (None for other layouts)."""
+    if not isinstance(run.info, DataInfo):  # a test's in-memory data
+        return None
+    return {
+        "kind": run.info.kind,
+        "class_names": list(run.info.class_names),
+        "splits": run.info.class_counts(),
+        "skipped": _skipped(run),
+    }
 
 
 def _first_batch(run: _Run, split: str) -> dict | None:

@@ -4,6 +4,7 @@
 outputs (renamed into place with results.json, or not at all):
   results.md, results.csv   the printed tables (subject rows first, with their notes)
   config.json               the resolved config the run trained with
+  data.json                 subjects and images per split and class, the skipped subjects
   roc_<split>_subject.png, roc_<split>_image.png   ROC curves of the scored split (test, else
                             validation), the subject rule at the cut-offs the table uses
   confusion_<split>.png     the confusion matrices at those cut-offs, subject- and image-wise
@@ -12,6 +13,7 @@ outputs (renamed into place with results.json, or not at all):
 `to_tensorboard` then adds every figure to TensorBoard (its Images tab) at the scored step.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +37,7 @@ def write(
     results: Mapping,
     *,
     inputs: Mapping | None = None,
+    data: Mapping | None = None,
 ) -> list[Path]:
     """Writes the run's tables, config and figures (see the module docstring).
 
@@ -46,6 +49,8 @@ def write(
       cutoffs: the cut-offs chosen on validation (`scoring.cutoffs`).
       results: split -> scoring output, as printed.
       inputs: a batch of validation examples ({"image", "label", "subject_id"}), or None.
+      data: the data summary for data.json ({"kind", "class_names", "splits", "skipped"}), or
+        None.
 
     Returns:
       The figure paths written.
@@ -54,6 +59,8 @@ def write(
     atomic.write_text(workdir / "results.md", reporting.format_table(results, fmt="markdown"))
     atomic.write_text(workdir / "results.csv", reporting.format_table(results, fmt="csv"))
     atomic.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
+    if data is not None:
+        atomic.write_text(workdir / "data.json", json.dumps(data, indent=1) + "\n")
     figures = []
     split = "test" if "test" in preds else "validation"
     if split in preds:
