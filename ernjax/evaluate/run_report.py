@@ -242,7 +242,8 @@ def _gradcam(workdir: Path, test, n: int) -> list[dict] | str:
             return "the run's ROI is a reader's lesion centre, which the report does not have"
         cohort = _cohort_folder(run.config, workdir)
         reports = []
-        for sid in chosen:
+        for k, sid in enumerate(chosen, 1):
+            logging.info("report: Grad-CAM of test subject %s (%d of %d)...", sid, k, len(chosen))
             subject = inference.make_subject(run, sid, {}, subject_dir=cohort / sid)
             out = workdir / GRADCAM_DIR / sid
             report = inference.predict(run, subject, out, cam=True, max_pngs=2)
