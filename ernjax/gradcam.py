@@ -9,12 +9,18 @@ submodule instead: in a private copy of the model the submodule is wrapped so th
 recorded on a first pass and replaced by the differentiated variable on a second, which works
 for any submodule the forward pass calls exactly once, with no change to the model code.
 
-`overlay_png` draws the map over the image (one slice, or a grid of axial slices of a volume);
-`save_cam_nifti` writes a 3D map as NIfTI in world coordinates (see `cam_image` for the space).
+`overlay_png` draws the map over one greyscale channel (a slice, or five views of a volume:
+three axial slices, a coronal and a sagittal one through the lesion or the map's peak), masked to
+the brain and semi-transparent, with the lesion outline, orientation letters and a colour bar;
+`scan_layers` first puts the map back on the scan's own grid, to draw it at the scan's
+resolution over the scan itself. `save_cam_nifti` writes a 3D map as NIfTI in world coordinates
+(see `cam_image` for the space).
 """
 
+import dataclasses
 import functools
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +29,12 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 from flax import nnx
-from matplotlib import colormaps
+from matplotlib import colormaps, patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from ernjax import atomic
 from ernjax.data import geometry as geo
@@ -184,50 +192,228 @@ def _targets(target_class, batch: int, num_classes: int | None) -> jax.Array:
     return jnp.asarray(t, jnp.int32)
 
 
+# The drawing. A picture is a few panels: slices of one greyscale modality with the map over
+# it, the map drawn only inside the brain, more opaque where it is higher, not at all below
+# HEAT_FLOOR (the low, diffuse part of an upsampled map is noise, not evidence), the lesion
+# outline on top, and orientation letters taken from the affine (so they are right for any
+# array layout, not assumed). Panels are upsampled to square millimetre pixels at about the
+# size they are shown, then drawn pixel for pixel (nearest), so colours are the blend's.
+HEAT_FLOOR = 0.25  # map values below this are not drawn
+HEAT_ALPHA = 0.6  # the heat's opacity where the map is 1
+HEAT_CMAP = "jet"
+PLATEAU = 1e-3  # map values this close to the maximum count as the peak
+FLAT_MAP = 0.05  # a map within this of its peak over 95 % of the brain is said to be uniform
+LESION_RGB = (0.0, 1.0, 0.0)  # the outline: pure green, which the blend never produces
+LESION_PX = 2  # outline width in display pixels
+LETTER_RGB = "#ffd21f"
+# samples' layout with 1 mm voxels: d -> +z (S), h -> -y (P), w -> -x (patient left)
+SAMPLES_AFFINE = np.array([[0, 0, -1.0, 0], [0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+DEFAULT_UNDERLAY = "t1c"
+_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))  # RAS+: +x is patient right
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One 2D view: array rows go along `row_dir`, columns along `col_dir` (world mm per step).
+
+    Attributes:
+      name: its caption, e.g. "axial z = 12.0 mm".
+      grey: the underlay scaled to [0, 1].
+      cam: the map, [0, 1].
+      brain: bool, where the map may be drawn.
+      lesion: bool lesion mask, or None.
+      row_dir, col_dir: (3,) RAS+ vectors of one row / one column step.
+    """
+
+    name: str
+    grey: np.ndarray
+    cam: np.ndarray
+    brain: np.ndarray
+    lesion: np.ndarray | None
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+
+    @property
+    def letters(self) -> dict[str, str]:
+        """The orientation letter at each edge (see `orientation_letters`)."""
+        return orientation_letters(self.row_dir, self.col_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+    """Where a 3D picture cuts the volume.
+
+    Attributes:
+      point: the (d, h, w) voxel the coronal and sagittal slices go through.
+      axial: the D indices of the axial slices.
+      source: "lesion" (the mask's centre), "peak" (the map's maximum in the brain) or
+        "centre" (the brain's centre: the map is zero in the brain).
+    """
+
+    point: tuple[int, int, int]
+    axial: tuple[int, ...]
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Drawing:
+    """What `overlay_png` drew.
+
+    Attributes:
+      panels: the panels, in reading order.
+      boxes: per panel, its image's pixel box in the PNG, (left, top, right, bottom).
+      size: the PNG's (width, height) in pixels.
+      views: for a volume, where it was cut; None for a slice.
+      title: the title as drawn, with the lines added (which slices, a uniform map).
+    """
+
+    panels: tuple[Panel, ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
+    size: tuple[int, int]
+    views: Views | None
+    title: str
+
+
+def orientation_letters(row_dir, col_dir) -> dict[str, str]:
+    """The anatomical direction at each edge of a displayed 2D array.
+
+    Row 0 is at the top, column 0 on the left, so the bottom edge is where `row_dir` points and
+    the right edge where `col_dir` does. Each gets the letter of the RAS+ axis it is closest to.
+
+    Args:
+      row_dir: (3,) world (RAS+) direction of increasing row index.
+      col_dir: (3,) world direction of increasing column index.
+
+    Returns:
+      {"top", "bottom", "left", "right"} -> one of R, L, A, P, S, I. For `samples`' axial slices
+      (H = anterior at the top, W = patient right on the left): A, P, R, L.
+    """
+    return {
+        "top": _letter(-np.asarray(row_dir, float)),
+        "bottom": _letter(row_dir),
+        "left": _letter(-np.asarray(col_dir, float)),
+        "right": _letter(col_dir),
+    }
+
+
+def _letter(v) -> str:
+    v = np.asarray(v, float)
+    axis = int(np.argmax(np.abs(v)))
+    return _LETTERS[axis][int(v[axis] > 0)]
+
+
+def underlay_modality(modalities: Sequence[str], requested: str | None = None) -> str:
+    """The modality drawn under the map: `requested`, else T1c when there, else the first.
+
+    Raises:
+      ValueError: `requested` is not among `modalities`.
+    """
+    if requested:
+        if requested not in modalities:
+            raise ValueError(
+                f"Grad-CAM underlay {requested!r} is not among the run's modalities "
+                f"{list(modalities)}"
+            )
+        return requested
+    return DEFAULT_UNDERLAY if DEFAULT_UNDERLAY in modalities else modalities[0]
+
+
+def choose_views(cam, brain=None, lesion=None, spacing=(1.0, 1.0, 1.0), step_mm=8.0) -> Views:
+    """Where to cut a 3D map: through the lesion's centre when a mask has one, else the peak.
+
+    Three axial slices: through the point and `step_mm` either side (a lesion: a quarter of its
+    D extent either side, so all three cut it), at least one slice apart, moved inward at the
+    ends of the volume. The peak of a plateau (a flat map) is its voxel nearest its middle.
+
+    Args:
+      cam: [D, H, W] map.
+      brain: bool [D, H, W] where the map counts (None: everywhere).
+      lesion: bool [D, H, W] lesion mask, or None.
+      spacing: the voxel size along d, h, w in mm.
+      step_mm: distance of the outer axial slices from the point without a lesion.
+    """
+    cam = np.asarray(cam, np.float32)
+    brain = np.ones(cam.shape, bool) if brain is None else np.asarray(brain, bool)
+    if lesion is not None and np.any(lesion):
+        idx = np.argwhere(lesion)
+        point, source = np.rint(idx.mean(0)).astype(int), "lesion"
+        step = (idx[:, 0].max() - idx[:, 0].min()) / 4.0
+    else:
+        inside = np.where(brain, cam, 0.0)
+        if inside.max() > 0:
+            # the peak; of a plateau (a flat map: every voxel is its maximum) the voxel nearest
+            # its middle, not the first in array order (a corner of the volume)
+            top = np.argwhere(inside >= inside.max() - PLATEAU)
+            point = top[np.argmin(((top - top.mean(0)) ** 2).sum(1))]
+            source = "peak"
+        else:
+            where = np.argwhere(brain) if brain.any() else np.argwhere(np.ones_like(brain))
+            point, source = np.rint(where.mean(0)).astype(int), "centre"
+        step = step_mm / float(spacing[0])
+    return Views(tuple(int(v) for v in point), _three_slices(point[0], step, cam.shape[0]), source)
+
+
+def _three_slices(k: int, step: float, depth: int) -> tuple[int, ...]:
+    """Slice k and `step` slices either side, moved inward at the ends (k stays among them)."""
+    step = max(1, int(round(step)))
+    step = min(step, max(1, (depth - 1) // 2))
+    first = int(np.clip(k - step, 0, max(0, depth - 1 - 2 * step)))
+    return tuple(int(v) for v in np.unique(np.clip(first + step * np.arange(3), 0, depth - 1)))
+
+
 def overlay_png(
     image,
     cam,
     path,
     *,
-    channel: int | None = None,
-    alpha: float = 0.5,
-    cmap: str = "jet",
-    num_slices: int = 9,
-    slices: Sequence[int] | None = None,
-    extent=None,
+    channel: int = 0,
+    brain=None,
+    lesion=None,
+    affine=None,
+    views: Views | None = None,
     title: str | None = None,
-    dpi: int = 100,
-) -> tuple[int, ...]:
-    """Writes a PNG of the image with the Grad-CAM heatmap blended over it.
+    underlay_name: str = "",
+    panel_px: int | None = None,
+    floor: float = HEAT_FLOOR,
+    alpha: float = HEAT_ALPHA,
+    cmap: str = HEAT_CMAP,
+) -> Drawing:
+    """Writes a PNG of a greyscale slice (or views of a volume) with the Grad-CAM map over it.
 
-    The heatmap's opacity is `alpha * cam`, so where the map is 0 the image shows unaltered.
-    Arrays are drawn as the model saw them; for `samples` layouts (H = anterior at the top,
-    W = patient right on the left) that is the radiological view of an axial slice.
+    The underlay is one channel in grey (0.5-99.5 percentiles of the brain). The map is drawn
+    inside `brain` only, with opacity rising from 0 at `floor` to `alpha` at 1 (below `floor`:
+    the underlay alone, exactly grey). The lesion outline is drawn in green; orientation letters
+    come from `affine`; a colour bar gives the map's scale. A volume is drawn as three axial
+    slices, one coronal and one sagittal through `views` (default `choose_views`: the lesion's
+    centre, else the map's peak); the title's second line says which.
 
     Args:
-      image: [H, W] or [H, W, C] for a slice; [D, H, W] or [D, H, W, C] for a volume.
-      cam: [H, W] or [D, H, W], values in [0, 1] (a `gradcam` output without its batch axis).
+      image: [H, W] or [H, W, C] for a slice; [D, H, W] or [D, H, W, C] for a volume, in the
+        `samples` layout (or any other that `affine` describes).
+      cam: [H, W] or [D, H, W], values in [0, 1] (a `gradcam` output without its batch axis, or
+        `scan_layers(...).cam`).
       path: the PNG file, written atomically; parent folders are created.
-      channel: draw this channel in grey; None draws 3 channels as RGB (the fused T1/T2/T1c
-        slice of Gao 2020) and otherwise channel 0 in grey.
-      alpha: opacity of the heatmap where the map is 1.
-      cmap: matplotlib colormap of the heatmap.
-      num_slices: for a volume, how many axial slices, evenly spaced through `extent`.
-      slices: for a volume, explicit D indices to draw (overrides num_slices).
-      extent: for a volume, bool [D, H, W] whose D range the slices span (the lesion mask, or
-        the brain); None takes the voxels where any channel is non-zero (the brain after
-        skull stripping and normalization).
-      title: figure title.
-      dpi: resolution of the PNG.
+      channel: the channel drawn as the underlay.
+      brain: bool, where the map may be drawn; None: where the channel is non-zero.
+      lesion: bool lesion mask of the same shape, or None.
+      affine: 4x4 (d, h, w) -> RAS+ mm (a slice uses its h and w columns); None: `samples`'
+        layout with 1 mm voxels (A at the top, patient right on the left).
+      views: for a volume, where to cut it.
+      title: the figure's title (a subject, a slice, a probability); may hold line breaks.
+      underlay_name: the underlay's modality, for the captions.
+      panel_px: the longer side of each panel in pixels (default 640 for a slice, 400 for a
+        volume's five views).
+      floor: map values below it are not drawn.
+      alpha: the heat's opacity where the map is 1.
+      cmap: the heat's matplotlib colour map, spread over floor..1.
 
     Returns:
-      The D indices drawn (empty for a slice).
+      The `Drawing`: panels, their pixel boxes in the PNG, its size, the views of a volume.
 
     Raises:
-      ValueError: shapes of image and cam that do not match.
+      ValueError: shapes of image, cam, brain or lesion that do not match.
     """
     image, cam = np.asarray(image, np.float32), np.asarray(cam, np.float32)
-    volume = cam.ndim == 3
     if image.ndim == cam.ndim:  # no channel axis
         image = image[..., None]
     if cam.ndim not in (2, 3) or image.shape[:-1] != cam.shape:
@@ -235,49 +421,312 @@ def overlay_png(
             f"image {image.shape} and cam {cam.shape} do not match: expected [H, W(, C)] with "
             "[H, W], or [D, H, W(, C)] with [D, H, W]"
         )
-    base = _display(image, channel)
-    if not volume:
-        panels, drawn = [(base, cam, None)], ()
+    grey = image[..., channel]
+    brain = grey != 0 if brain is None else np.asarray(brain, bool)
+    lesion = None if lesion is None else np.asarray(lesion, bool)
+    for name, a in (("brain", brain), ("lesion", lesion)):
+        if a is not None and a.shape != cam.shape:
+            raise ValueError(f"{name} {a.shape} does not match cam {cam.shape}")
+    affine = SAMPLES_AFFINE if affine is None else np.asarray(affine, np.float64)
+    grey = _scale_grey(grey, brain)
+    what = f"{underlay_name} " if underlay_name else ""
+    if cam.ndim == 2:
+        cols = affine[:3, 1], affine[:3, 2]
+        panels = [_crop_to_brain(Panel(f"{what}axial".strip(), grey, cam, brain, lesion, *cols))]
+        views = None
     else:
-        drawn = tuple(slices) if slices is not None else _spread(image, extent, num_slices)
-        panels = [(base[d], cam[d], f"slice {d}") for d in drawn]
+        spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+        views = views or choose_views(cam, brain, lesion, spacing)
+        panels = _volume_panels(grey, cam, brain, lesion, affine, views, what)
+    title = _full_title(title, views, cam[brain])
+    px = panel_px or (640 if views is None else 400)
+    boxes, size = _draw(panels, path, title, px, floor, alpha, cmap)
+    return Drawing(tuple(panels), boxes, size, views, title or "")
+
+
+_WHERE = {
+    "lesion": "slices through the lesion's centre (mask)",
+    "peak": "slices through the Grad-CAM peak",
+    "centre": "slices through the brain's centre (no Grad-CAM heat in the brain)",
+}
+
+
+def _full_title(title: str | None, views: Views | None, inside: np.ndarray) -> str:
+    """The title, then where a volume was cut, then a warning for a uniform map."""
+    # e.g. a 1x1 feature map upsampled: the colour then says nothing about where
+    flat = (
+        inside.size > 0 and 0 < inside.max() and np.ptp(np.percentile(inside, [5, 100])) < FLAT_MAP
+    )
+    lines = [title] if title else []
+    if views is not None:
+        plateau = flat and views.source == "peak"
+        lines.append(
+            "slices through the middle of the map's plateau" if plateau else _WHERE[views.source]
+        )
+    if flat:
+        lines.append("the map is uniform over the brain: it does not localise")
+    return "\n".join(lines)
+
+
+def _scale_grey(grey: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The underlay in [0, 1]: 0 (or a negative 0.5 percentile) to the brain's 99.5 percentile.
+
+    Black stays the background of a scan (MR intensities are >= 0), so the darkest tissue is
+    not drawn as black; a z-scored model input starts at its 0.5 percentile.
+    """
+    values = grey[brain] if brain.any() else grey.ravel()
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    lo = min(float(lo), 0.0)
+    return np.clip((grey - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+
+
+def _volume_panels(grey, cam, brain, lesion, affine, views: Views, what: str) -> list[Panel]:
+    """Axial slices at views.axial, then a coronal and a sagittal one through views.point.
+
+    Every view is cropped to the brain's bounding box (the same box for all). Coronal and
+    sagittal views have D reversed, so that superior is at the top.
+    """
+    box = geo.bounding_box(brain, margin=3)
+    layers = (grey, cam, brain, lesion)
+    d_dir, h_dir, w_dir = (affine[:3, i] for i in range(3))
+    _, h0, w0 = views.point
+    point_mm = (affine @ [*views.point, 1.0])[:3]
+
+    def take(key, flip=False):
+        out = [None if a is None else a[key] for a in layers]
+        return [None if a is None else a[::-1] for a in out] if flip else out
+
+    panels = [
+        Panel(
+            f"{what}axial, {_axis_mm(d_dir, affine @ [d, h0, w0, 1.0])}",
+            *take((d, box[1], box[2])),
+            h_dir,
+            w_dir,
+        )
+        for d in views.axial
+    ]
+    coronal = take((box[0], h0, box[2]), flip=True)
+    sagittal = take((box[0], box[1], w0), flip=True)
+    panels.append(Panel(f"{what}coronal, {_axis_mm(h_dir, point_mm)}", *coronal, -d_dir, w_dir))
+    panels.append(Panel(f"{what}sagittal, {_axis_mm(w_dir, point_mm)}", *sagittal, -d_dir, h_dir))
+    return panels
+
+
+def _axis_mm(direction, mm) -> str:
+    """'z = 12 mm': the world coordinate along the RAS+ axis closest to `direction`."""
+    axis = int(np.argmax(np.abs(direction)))
+    return f"{'xyz'[axis]} = {mm[axis]:.0f} mm"
+
+
+def _crop_to_brain(panel: Panel) -> Panel:
+    """A slice cut to its brain's bounding box plus 3 pixels (unchanged without brain)."""
+    if not panel.brain.any():
+        return panel
+    r, c = geo.bounding_box(panel.brain, margin=3)
+    fields = ("grey", "cam", "brain", "lesion")
+    cut = {f: None if getattr(panel, f) is None else getattr(panel, f)[r, c] for f in fields}
+    return dataclasses.replace(panel, **cut)
+
+
+_DPI = 100
+_PAD, _CAPTION, _BAR = 14, 30, 170  # pixels: between panels, a panel's caption, the colour bar
+_TITLE_LINE = 26  # pixels per title line (15 pt at 100 dpi, with leading)
+
+
+def _draw(panels, path, title, px: int, floor: float, alpha: float, cmap: str):
+    """Lays the panels out (at most 3 a row) with letters, captions, colour bar and title."""
     heat = colormaps[cmap]
-    cols = math.ceil(math.sqrt(len(panels)))
-    rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(2.4 * cols + 0.6, 2.4 * rows + (0.4 if title else 0)))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.ravel():
+    n = len(panels)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    width = _PAD + ncols * (px + _PAD) + _BAR
+    lines = _title_lines(title, width)
+    top = _PAD + _TITLE_LINE * len(lines)
+    height = top + nrows * (_CAPTION + px + _PAD) + _PAD
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="black")
+    FigureCanvasAgg(fig)
+    axes = []
+    for i, p in enumerate(panels):
+        r, c = divmod(i, ncols)
+        left, upper = _PAD + c * (px + _PAD), top + r * (_CAPTION + px + _PAD) + _CAPTION
+        ax = fig.add_axes((left / width, 1 - (upper + px) / height, px / width, px / height))
+        ax.imshow(_panel_rgb(p, px, floor, alpha, heat), interpolation="nearest")
         ax.set_axis_off()
-    for ax, (rgb, c, label) in zip(axes.ravel(), panels, strict=False):
-        weight = alpha * np.clip(c, 0, 1)[..., None]
-        blend = (1 - weight) * rgb + weight * heat(np.clip(c, 0, 1))[..., :3]
-        ax.imshow(np.clip(blend, 0, 1))  # float rounding may step past 1
-        if label:
-            ax.set_title(label, fontsize=8)
-    fig.colorbar(ScalarMappable(Normalize(0, 1), heat), ax=axes.ravel().tolist(), shrink=0.8)
-    if title:  # small enough for one 2.4-inch panel
-        fig.suptitle(title, fontsize=9)
-    atomic.save_figure(fig, path, dpi=dpi)
-    return drawn
+        ax.set_title(p.name, color="white", fontsize=12, pad=4)
+        _draw_letters(ax, p.letters)
+        axes.append(ax)
+    bar_h = nrows * (_CAPTION + px + _PAD) - _PAD - _CAPTION
+    cax = fig.add_axes(
+        (
+            (width - _BAR + 18) / width,
+            1 - (top + _CAPTION + bar_h) / height,
+            18 / width,
+            bar_h / height,
+        )
+    )
+    bar = fig.colorbar(ScalarMappable(Normalize(floor, 1.0), heat), cax=cax)
+    bar.set_label(
+        f"Grad-CAM (relative to its peak)\nbelow {floor:g} not drawn", color="white", fontsize=12
+    )
+    bar.ax.tick_params(colors="white", labelsize=11)
+    bar.outline.set_edgecolor("white")
+    if lines:
+        fig.text(
+            0.5,
+            1 - (_PAD / 2) / height,
+            "\n".join(lines),
+            ha="center",
+            va="top",
+            color="white",
+            fontsize=15,
+            linespacing=1.25,
+        )
+    fig.canvas.draw()
+    boxes = tuple(_pixel_box(ax, height) for ax in axes)
+    atomic.save_figure(fig, path, dpi=_DPI, facecolor="black")
+    return boxes, (int(round(width)), int(round(height)))
 
 
-def _display(image: np.ndarray, channel: int | None) -> np.ndarray:
-    """[..., C] -> RGB in [0, 1], each channel scaled by its 0.5-99.5 percentiles (all slices)."""
-    if channel is None:
-        channel = None if image.shape[-1] == 3 else 0
-    chans = image if channel is None else image[..., channel : channel + 1]
-    flat = chans.reshape(-1, chans.shape[-1])
-    lo, hi = np.percentile(flat, 0.5, axis=0), np.percentile(flat, 99.5, axis=0)
-    scaled = np.clip((chans - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
-    return np.broadcast_to(scaled, (*scaled.shape[:-1], 3)) if channel is not None else scaled
+def _title_lines(title: str | None, width: int) -> list[str]:
+    """The title's lines, each wrapped to the figure's width (about 9 px a character)."""
+    if not title:
+        return []
+    chars = max(20, int(width / 9.5))
+    return [w for line in title.split("\n") for w in textwrap.wrap(line, chars) or [""]]
 
 
-def _spread(image: np.ndarray, extent, n: int) -> tuple[int, ...]:
-    """Returns n D indices evenly spaced over the slices that `extent` touches."""
-    region = np.any(image != 0, axis=-1) if extent is None else np.asarray(extent, bool)
-    ks = np.nonzero(region.any(axis=(1, 2)))[0]
-    lo, hi = (int(ks[0]), int(ks[-1])) if ks.size else (0, image.shape[0] - 1)
-    return tuple(int(k) for k in np.unique(np.rint(np.linspace(lo, hi, max(1, n)))))
+def _pixel_box(ax, height: int) -> tuple[int, int, int, int]:
+    """The axes' drawn box as PNG pixels (left, top, right, bottom), rows counted from the top."""
+    b = ax.get_window_extent()
+    return (
+        int(math.ceil(b.x0)),
+        int(math.ceil(height - b.y1)),
+        int(math.floor(b.x1)),
+        int(math.floor(height - b.y0)),
+    )
+
+
+def _draw_letters(ax, letters: dict[str, str]) -> None:
+    """The orientation letters inside the panel's edges, yellow on a black outline."""
+    outline = [patheffects.withStroke(linewidth=3, foreground="black")]
+    spots = {
+        "top": (0.5, 0.985, "center", "top"),
+        "bottom": (0.5, 0.015, "center", "bottom"),
+        "left": (0.015, 0.5, "left", "center"),
+        "right": (0.985, 0.5, "right", "center"),
+    }
+    for edge, (x, y, ha, va) in spots.items():
+        ax.text(
+            x,
+            y,
+            letters[edge],
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            color=LETTER_RGB,
+            fontsize=15,
+            fontweight="bold",
+            path_effects=outline,
+        )
+
+
+def panel_rgb(panel: Panel, px: int, *, floor=HEAT_FLOOR, alpha=HEAT_ALPHA, cmap=HEAT_CMAP):
+    """The panel as drawn: [rows, cols, 3] in [0, 1], upsampled to square mm pixels.
+
+    The longer side is `px` pixels; the underlay and the map are upsampled linearly, the brain
+    and the lesion by nearest neighbour. Outside the brain and below `floor` the pixel is the
+    underlay's grey (R = G = B); the lesion outline is LESION_RGB, LESION_PX wide.
+    """
+    return _panel_rgb(panel, px, floor, alpha, colormaps[cmap])
+
+
+def _panel_rgb(p: Panel, px: int, floor: float, alpha: float, heat) -> np.ndarray:
+    step = np.array([np.linalg.norm(p.row_dir), np.linalg.norm(p.col_dir)])
+    extent = np.array(p.grey.shape) * step  # mm
+    zoom = step * (px / extent.max())
+    grey = _zoom(p.grey, zoom, 1)
+    cam = np.clip(_zoom(p.cam, zoom, 1), 0.0, 1.0)
+    brain = _zoom(p.brain, zoom, 0) > 0.5
+    level = np.clip((cam - floor) / (1.0 - floor), 0.0, 1.0)
+    a = (alpha * level * brain)[..., None]
+    rgb = (1 - a) * grey[..., None] + a * heat(level)[..., :3]
+    rgb[a[..., 0] == 0] = grey[a[..., 0] == 0, None]  # exactly grey where no heat
+    if p.lesion is not None:
+        les = _zoom(p.lesion, zoom, 0) > 0.5
+        edge = les & ~ndimage.binary_erosion(les, iterations=LESION_PX, border_value=0)
+        rgb[edge] = LESION_RGB
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def _zoom(a: np.ndarray, zoom, order: int) -> np.ndarray:
+    """Resizes a 2D array by `zoom` (at least 1x1 out), areas aligned (grid_mode)."""
+    a = np.asarray(a, np.float32)
+    return ndimage.zoom(a, zoom, order=order, mode="nearest", grid_mode=True, prefilter=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanLayers:
+    """A map and its underlay on a scan's own grid, in the `samples` (d, h, w) layout.
+
+    Attributes:
+      image: [D, H, W] the underlay scan's values.
+      cam: [D, H, W] the map, resampled linearly (0 outside the model's field of view).
+      brain: bool [D, H, W], the reference scan's non-zero voxels (as `samples` takes them).
+      lesion: bool [D, H, W] lesion mask, or None.
+      affine: 4x4 (d, h, w) -> RAS+ mm.
+    """
+
+    image: np.ndarray
+    cam: np.ndarray
+    brain: np.ndarray
+    lesion: np.ndarray | None
+    affine: np.ndarray
+
+
+def scan_layers(cam, affine, reference, *, underlay=None, lesion=None) -> ScanLayers:
+    """Puts a 3D map back on the reference scan's grid, with an underlay and the lesion mask.
+
+    The grid is the reference scan's, at its resolution, reoriented to RAS+ (no interpolation)
+    and laid out as `samples` lays out arrays (D = z, H = y reversed, W = x reversed: axial
+    slices in the radiological view), so slice d is the sampling grid's slice d (the slice
+    numbers of slices2d runs and their reports). The map is resampled from its world position
+    (`cam_image`), as `save_cam_nifti` does; the underlay and the mask, when on other grids, too.
+
+    Args:
+      cam: [D, H, W] map on the model's input grid (slices2d: the slice maps stacked at their
+        slice numbers, zeros elsewhere).
+      affine: 4x4 (d, h, w) -> RAS+ mm of that grid (`volume_example`'s "affine", or
+        `load_subject(...).affine`).
+      reference: the reference scan: a NIfTI file or a `geometry.Image`.
+      underlay: the scan drawn in grey (file or Image); None: the reference.
+      lesion: the lesion mask (file or Image), or None.
+    """
+    ref = geo.reorient_canonical(_as_image(reference))
+    shape, grid = ref.data.shape, ref.affine
+
+    def onto(source, order):
+        return geo.resample(geo.reorient_canonical(source), shape, grid, order=order).data
+
+    under = ref.data if underlay is None else onto(_as_image(underlay), 1)
+    heat = geo.resample(cam_image(cam, affine), shape, grid, order=1).data
+    les = None if lesion is None else onto(_as_image(lesion, allow_empty=True), 0) > 0.5
+    index = np.zeros((4, 4))  # (d, h, w, 1) -> (i, j, k, 1) of the RAS+ grid
+    index[0, 2], index[0, 3] = -1, shape[0] - 1  # i = nx - 1 - w
+    index[1, 1], index[1, 3] = -1, shape[1] - 1  # j = ny - 1 - h
+    index[2, 0], index[3, 3] = 1, 1  # k = d
+
+    def dhw(a):
+        return None if a is None else np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, ::-1])
+
+    return ScanLayers(
+        dhw(under), dhw(np.clip(heat, 0, 1)), dhw(ref.data != 0), dhw(les), grid @ index
+    )
+
+
+def _as_image(source, allow_empty: bool = False) -> geo.Image:
+    if isinstance(source, geo.Image):
+        return source
+    return geo.load_image(source, allow_empty=allow_empty)
 
 
 def cam_image(cam, affine) -> geo.Image:

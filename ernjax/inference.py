@@ -216,12 +216,23 @@ def examples(run: TrainedRun, subject) -> tuple[np.ndarray, list[int], dict]:
     return np.stack([e["image"] for e in exs]).astype(np.float32), [e["slice"] for e in exs], {}
 
 
-def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: int = 12) -> dict:
+def predict(
+    run: TrainedRun,
+    subject,
+    out_dir,
+    *,
+    cam: bool = True,
+    max_pngs: int = 12,
+    underlay: str | None = None,
+) -> dict:
     """Classifies one subject, writes OUT/report.json and Grad-CAM images, returns the report.
 
-    The files are renamed into place together once all are written, report.json last.
+    `underlay` is the modality the Grad-CAM maps are drawn over (default T1c when the run has
+    it, else its first channel). The files are renamed into place together once all are
+    written, report.json last.
     """
     out_dir = Path(out_dir)
+    underlay = cam_underlay(run, subject.subject_id, underlay) if cam else None
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subject = preprocess(run, subject, Path(tmp))
@@ -231,7 +242,7 @@ def predict(run: TrainedRun, subject, out_dir, *, cam: bool = True, max_pngs: in
         shown = run.scoring.recalibrated_probs(probs, run.cutoffs)  # as the report gives them
         with atomic.staged():
             if cam:
-                cams = _write_cams(run, subject, x, slices, shown, vol, out_dir, max_pngs)
+                cams = _write_cams(run, subject, x, slices, shown, vol, out_dir, max_pngs, underlay)
                 report["gradcam"] = cams
             atomic.write_text(out_dir / "report.json", json.dumps(report, indent=1))
     return report
@@ -285,21 +296,69 @@ def _report(run: TrainedRun, subject_id: str, probs: np.ndarray, slices: list[in
     return report
 
 
-def _write_cams(run, subject, x, slices, probs, vol, out_dir: Path, max_pngs: int) -> list[str]:
-    pos = run.positive
+def cam_underlay(run: TrainedRun, subject_id: str, requested: str | None = None) -> str:
+    """The modality Grad-CAM is drawn over (`gradcam.underlay_modality`).
+
+    `requested`, else T1c when the run has it, else its first channel.
+
+    Raises:
+      InputError: `requested` is not one of the run's modalities.
+    """
+    try:
+        return gradcam.underlay_modality(run.modalities, requested)
+    except ValueError as e:
+        raise InputError(subject_id, "", f"--gradcam_underlay: {e}") from e
+
+
+def _write_cams(
+    run, subject, x, slices, probs, vol, out_dir: Path, max_pngs: int, underlay: str
+) -> list[str]:
+    """Grad-CAM of the positive class: PNGs at the scan's resolution (and a 3D NIfTI map).
+
+    The maps go back onto the reference scan's grid (`gradcam.scan_layers`) and are drawn over
+    the `underlay` modality (default T1c), with the lesion outline when there is a mask. 3D:
+    gradcam.png (views through the lesion or the map's peak) and gradcam.nii.gz; 2D: one PNG
+    per slice, for the `max_pngs` slices most in favour of the positive class.
+    """
+    d, pos, name = run.config.data, run.positive, underlay
     cams = gradcam.gradcam(run.model, x, target_class=pos)
-    written = []
-    if vol:  # 3D: an axial grid and the map in the reference scan's space
-        gradcam.overlay_png(x[0], cams[0], out_dir / "gradcam.png", title=subject.subject_id)
-        ref = subject.files[run.config.data.reference]
+    ref, label = subject.files[d.reference], f"P({run.class_names[pos]})"
+    draw = {"underlay": subject.files[name], "lesion": subject.mask}
+    if vol:  # 3D: five views on the scan's grid, and the map in the reference scan's space
         gradcam.save_cam_nifti(cams[0], vol["affine"], out_dir / "gradcam.nii.gz", reference=ref)
+        layers = gradcam.scan_layers(cams[0], vol["affine"], ref, **draw)
+        title = f"{subject.subject_id}  ·  {label} = {probs[0, pos]:.2f}"
+        _draw_cam(layers, out_dir / "gradcam.png", title, name)
         return ["gradcam.png", "gradcam.nii.gz"]
-    order = np.argsort(-probs[:, pos])[:max_pngs]  # the slices most in favour of the positive
-    for i in sorted(order):
-        name = f"gradcam_slice{slices[i]:03d}.png"
-        title = (
-            f"{subject.subject_id} slice {slices[i]}: P({run.class_names[pos]}) {probs[i, pos]:.2f}"
-        )
-        gradcam.overlay_png(x[i], cams[i], out_dir / name, title=title)
-        written.append(name)
+    order = sorted(np.argsort(-probs[:, pos])[:max_pngs])  # most in favour of the positive
+    grid = samples.load_subject(subject, d)  # the slices' grid: its affine takes maps back
+    stack = np.zeros(grid.brain.shape, np.float32)
+    for i in order:
+        stack[slices[i]] = cams[i]
+    layers = gradcam.scan_layers(stack, grid.affine, ref, **draw)
+    written = []
+    for i in order:
+        k, file = slices[i], f"gradcam_slice{slices[i]:03d}.png"
+        title = f"{subject.subject_id}  ·  axial slice {k}  ·  {label} = {probs[i, pos]:.2f}"
+        _draw_cam(layers, out_dir / file, title, name, k)
+        written.append(file)
     return written
+
+
+_DISPLAY_NAMES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
+
+
+def _draw_cam(layers, path: Path, title: str, underlay: str, k: int | None = None) -> None:
+    """One PNG of `layers` (a `gradcam.ScanLayers`): the volume, or its axial slice k."""
+    key = slice(None) if k is None else k
+    lesion = None if layers.lesion is None else layers.lesion[key]
+    gradcam.overlay_png(
+        layers.image[key],
+        layers.cam[key],
+        path,
+        brain=layers.brain[key],
+        lesion=lesion,
+        affine=layers.affine,
+        title=title,
+        underlay_name=_DISPLAY_NAMES.get(underlay, underlay),
+    )

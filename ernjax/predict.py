@@ -2,13 +2,14 @@
 
     python -m ernjax.predict --workdir=W --t1=t1.nii.gz --t1c=t1c.nii.gz --t2=t2.nii.gz \
         [--flair=...] [--modality=adc=adc.nii.gz ...] [--mask=lesion.nii.gz] \
-        [--centre=x,y,z] [--subject_id=P001] [--out=DIR]
+        [--centre=x,y,z] [--subject_id=P001] [--out=DIR] [--gradcam_underlay=t2]
     python -m ernjax.predict --workdir=W --subject_dir=cohort/P001     (the run's file patterns)
 
 The modalities are the run's own (`config.data.channels` and `reference`): `--t1`, `--t1c`,
 `--t2` and `--flair` pass those four, `--modality=NAME=FILE` (repeated) any name the run's
 `config.data.modalities` has. Written to OUT (default W/predictions/<subject_id>): report.json,
-Grad-CAM PNGs, and for 3D models gradcam.nii.gz (see `ernjax.inference`, which does the work).
+Grad-CAM PNGs over a greyscale modality (`--gradcam_underlay`, default T1c), and for 3D models
+gradcam.nii.gz (see `ernjax.inference`, which does the work).
 A run trained on lesion-centred inputs (`config.data.roi`) needs `--mask` ("mask") or
 `--centre` ("centre": the lesion centre in world mm, RAS+, as a viewer shows it).
 """
@@ -40,6 +41,12 @@ def define_flags() -> None:
     flags.DEFINE_string("subject_id", None, "ID in the report (default: the folder name).")
     flags.DEFINE_string("out", None, "Output folder (default WORKDIR/predictions/<subject_id>).")
     flags.DEFINE_bool("gradcam", True, "Write Grad-CAM images.")
+    flags.DEFINE_string(
+        "gradcam_underlay",
+        None,
+        "Modality the Grad-CAM maps are drawn over, one of the run's (default t1c when the run "
+        "has it, else its first channel).",
+    )
     flags.mark_flag_as_required("workdir")
 
 
@@ -71,7 +78,7 @@ def main(argv):
     run = inference.load_run(f.workdir)
     subject = inference.make_subject(run, sid, files, f.mask, f.subject_dir, centre)
     out = f.out or str(Path(f.workdir) / "predictions" / sid)
-    report = inference.predict(run, subject, out, cam=f.gradcam)
+    report = inference.predict(run, subject, out, cam=f.gradcam, underlay=f.gradcam_underlay)
     probs = ", ".join(f"P({k}) = {v:.3f}" for k, v in report["probabilities"].items())
     print(
         f"{sid}: {probs}; {report['subject_method']} score {report['score']:.3f} vs cut-off "
