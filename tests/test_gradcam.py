@@ -3,6 +3,8 @@ a trained model looking at the right place, the pictures (size, greyscale underl
 to the brain, lesion outline, orientation letters on an asymmetric LPS scan, 3D views through
 the peak or the lesion, the underlay choice) and NIfTI maps in world space."""
 
+import types
+
 import jax
 import model_helpers
 import nibabel as nib
@@ -15,9 +17,11 @@ from matplotlib import image as mpimg
 from model_helpers import rand
 
 from ernjax import gradcam as gc
+from ernjax import inference
 from ernjax.data import samples
 from ernjax.data.cohort import Subject
 from ernjax.defaults import base_config
+from ernjax.errors import InputError
 
 
 def build(name="resnet10_tiny", spatial_dims=2, in_channels=2, **kw):
@@ -403,6 +407,11 @@ def test_underlay_selection(tmp_path):
     assert gc.underlay_modality(["t1", "t2", "t1c"], "t2") == "t2"
     with pytest.raises(ValueError, match=r"underlay 'adc' is not among .*'t1', 't2'"):
         gc.underlay_modality(["t1", "t2"], "adc")
+    # predict's flag: the run's modalities, a refusal naming the subject and the flag
+    run = types.SimpleNamespace(modalities=["t1", "t2", "t1c"])
+    assert inference.cam_underlay(run, "P1") == "t1c"
+    with pytest.raises(InputError, match=r"subject P1.*--gradcam_underlay: .*'adc'"):
+        inference.cam_underlay(run, "P1", "adc")
     # scan_layers draws the underlay given, on the reference's grid (here its negative)
     ref, _, _ = asymmetric_scan(tmp_path)
     img = nib.load(ref)
