@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -24,7 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks import common
-from ernjax import atomic
+from ernjax import atomic, cli
 from ernjax.data import cohort, prepare, samples
 from ernjax.data.spec import SampleSpec
 
@@ -125,4 +125,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("subjects", 60, "subjects per cohort")
     flags.DEFINE_string("workdir", "/tmp/ernjax_histograms", "where the cohorts are written")
     flags.DEFINE_string("out", "benchmarks/results", "where the report goes")
-    app.run(main)
+    cli.run(main)

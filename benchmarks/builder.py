@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from benchmarks import common
+from ernjax import cli
 from ernjax.data import pipeline as input_pipeline
 from ernjax.data import records
 from ernjax.data.prepare import prepare
@@ -118,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

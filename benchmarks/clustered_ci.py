@@ -19,10 +19,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from scipy import stats as sps
 
 from benchmarks import common
+from ernjax import cli
 from ernjax.evaluate import stats
 
 FLAGS = flags.FLAGS
@@ -137,4 +138,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

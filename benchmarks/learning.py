@@ -23,10 +23,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from benchmarks import common
-from ernjax import atomic
+from ernjax import atomic, cli
 from ernjax.baselines import radiomics
 from ernjax.evaluate import predictions, stats
 from ernjax.evaluate.predictions import Predictions
@@ -182,4 +182,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -36,12 +36,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from jax.extend import core as jex
 
 from benchmarks import common
-from ernjax import models
+from ernjax import cli, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,4 +323,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -30,10 +30,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from benchmarks import common
-from ernjax import atomic
+from ernjax import atomic, cli
 from ernjax.checkpoints import Progress, SelectMetric
 from ernjax.data.pipeline import GRAIN
 from ernjax.studies import runs
@@ -353,4 +353,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -19,11 +19,11 @@ import time
 import jax
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from benchmarks import builder, common
-from ernjax import models
+from ernjax import cli, models
 from ernjax.train import steps as train_steps
 
 # name -> (spatial shape, channels, ernjax name, cpu batch, gpu batch, gpu shape)
@@ -246,4 +246,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

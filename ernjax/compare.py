@@ -14,7 +14,7 @@ seeds (mean, SD, min-max).
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax.errors import one_line_errors
+from ernjax import cli
 from ernjax.studies import compare
 
 FLAGS = flags.FLAGS
@@ -49,4 +49,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Base configuration.", lock_config=True
     )
-    app.run(one_line_errors(main))
+    cli.run(main)

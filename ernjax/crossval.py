@@ -16,7 +16,7 @@ the mean, SD and min-max of every table row across repeats.
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax.errors import one_line_errors
+from ernjax import cli
 from ernjax.studies import crossval, repeat
 
 FLAGS = flags.FLAGS
@@ -52,4 +52,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Configuration file.", lock_config=True
     )
-    app.run(one_line_errors(main))
+    cli.run(main)

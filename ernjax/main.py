@@ -6,6 +6,7 @@ checkpoint in WORKDIR/checkpoints. At the end, WORKDIR/report.html shows the run
 (`ernjax.evaluate.run_report`; `python -m ernjax.report --workdir=DIR` writes it again).
 """
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ernjax.errors import one_line_errors
+from ernjax import cli
 from ernjax.evaluate import run_report
 from ernjax.train import loop
 
@@ -39,8 +40,15 @@ def main(argv):
     logging.info(
         "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
     )
+    made = not Path(FLAGS.workdir).exists()
     check_writable(FLAGS.workdir)
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except BaseException:
+        if made:  # a run refused before it wrote anything leaves no empty WORKDIR behind
+            with contextlib.suppress(OSError):
+                Path(FLAGS.workdir).rmdir()  # only when empty: never what a run wrote
+        raise
     if jax.process_index() == 0:
         print(f"report: {run_report.write(FLAGS.config, FLAGS.workdir)}", flush=True)
 
@@ -81,4 +89,4 @@ def check_writable(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(one_line_errors(main))
+    cli.run(main)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-from ernjax import inference
+from ernjax import cli, inference
 from ernjax.data import cohort
-from ernjax.errors import InputError, one_line_errors
+from ernjax.errors import InputError
 
 FLAGS = flags.FLAGS
 
@@ -90,4 +90,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(one_line_errors(main))
+    cli.run(main)

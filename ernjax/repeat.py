@@ -11,7 +11,7 @@ radiomics baseline fitted once with --with_radiomics (`ernjax.studies.repeat`, w
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax.errors import one_line_errors
+from ernjax import cli
 from ernjax.studies import repeat
 
 FLAGS = flags.FLAGS
@@ -41,4 +41,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "Configuration file.", lock_config=True
     )
-    app.run(one_line_errors(main))
+    cli.run(main)

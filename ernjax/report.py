@@ -7,8 +7,7 @@ config its checkpoints were saved with (`ernjax.evaluate.run_report`, which does
 
 from absl import app, flags
 
-from ernjax import inference
-from ernjax.errors import one_line_errors
+from ernjax import cli, inference
 from ernjax.evaluate import run_report
 
 FLAGS = flags.FLAGS
@@ -27,4 +26,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A finished run's directory (results.json inside).")
     flags.DEFINE_integer("gradcam_subjects", 2, "Test subjects shown with Grad-CAM (0: none).")
     flags.mark_flag_as_required("workdir")
-    app.run(one_line_errors(main))
+    cli.run(main)

@@ -4,7 +4,9 @@
 problem, and leaves no dataset, staging folder or output behind; non-ASCII names just work.
 """
 
+import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import configs.ern
+from ernjax import cli
 from ernjax.data.prepare import prepare
 from ernjax.errors import InputError
 from ernjax.train import loop
@@ -155,7 +158,7 @@ NON_ASCII = {
 }
 
 
-def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path):
+def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path, caplog, capsys):
     cohort = tmp_path / "Kohorte-Ärzte-队列"
     shutil.copytree(DUMMY, cohort)
     for old, new in NON_ASCII.items():
@@ -163,7 +166,10 @@ def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path):
     workdir = tmp_path / "arbeit-é-工作"
     config = _config(cohort)
     config.train.num_epochs = 1
+    cli.quiet_library_logs()  # as every command does
+    caplog.set_level(logging.INFO)
     loop.train_and_evaluate(config, workdir)
+    _assert_no_library_chatter(caplog, capsys.readouterr().out)
     info = prepare(config, workdir)
     ids = {s for split in ("train", "validation", "test") for s in info.subject_ids(split)}
     assert set(NON_ASCII.values()) <= ids
@@ -171,6 +177,27 @@ def test_non_ascii_cohort_subjects_and_workdir_train(tmp_path):
         rows = (workdir / f"predictions_{split}.csv").read_text(encoding="utf-8").splitlines()
         assert [r.split(",")[0] for r in rows[1:]] == info.subject_ids(split)
     assert (workdir / "results.json").exists()
+
+
+# What TFDS and Orbax said on every run before `cli.quiet_library_logs` (issue 18 item 4).
+CHATTER = (
+    "Load dataset info",
+    "Using custom data configuration",
+    "Generating dataset",
+    "Done writing",
+    "Downloading and preparing",
+    "downloaded and prepared",
+    "BasePyTreeCheckpointHandler",
+)
+
+
+def _assert_no_library_chatter(caplog, stdout: str) -> None:
+    """Only the run's own log lines, its best value rounded (JAX's TPU line: test_cli_errors)."""
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in [*messages, *stdout.splitlines()] if any(c in m for c in CHATTER)] == []
+    assert any(m.startswith("records built: ") for m in messages)  # the run's own lines stay
+    epoch = next(m for m in messages if m.startswith("epoch 1 validation: "))
+    assert re.search(r"\(best image\.auc (\d\.\d{3}|n/a) at step \d+\)$", epoch), epoch
 
 
 def test_folder_names_in_decomposed_unicode_match_labels_csv(cohort, tmp_path):

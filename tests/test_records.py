@@ -72,9 +72,12 @@ def test_failed_build_leaves_nothing_and_rebuild_works(cohort, tmp_path):
 
 def test_failed_first_build_leaves_no_empty_records_folder(cohort, tmp_path):
     (cohort / "dummy-04" / "dummy-04_t2.nii.gz").write_bytes(b"not a NIfTI file")
-    with pytest.raises(InputError, match="dummy-04"):
-        records.build(small_data(), cohort, tmp_path / "work" / "records")
-    assert list((tmp_path / "work").iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    for workdir in (tmp_path / "work", tmp_path / "kept"):
+        with pytest.raises(InputError, match="dummy-04"):
+            records.build(small_data(), cohort, workdir / "records")
+    assert not (tmp_path / "work").exists()  # made by the build (a study's WORKDIR): removed
+    assert list((tmp_path / "kept").iterdir()) == []  # there before: kept, empty
 
 
 def test_skip_policy_records_the_skip(cohort, tmp_path):

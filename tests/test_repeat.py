@@ -257,6 +257,9 @@ def test_command_line_bad_input_is_one_line(tmp_path):
 
 def test_command_line_bad_seeds_are_a_flag_error(tmp_path):
     run = _repeat_command("--seeds=0,x", f"--workdir={tmp_path / 'w'}")
-    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    assert "flag --seeds=['0', 'x']: seeds must be integers, e.g. 0,1,2; got 0,x" in run.stderr
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines() == [
+        "ernjax: flag --seeds=['0', 'x']: seeds must be integers, e.g. 0,1,2; got 0,x "
+        "(--help lists the flags)"
+    ]
     assert not (tmp_path / "w").exists()

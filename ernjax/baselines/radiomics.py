@@ -40,14 +40,14 @@ from ml_collections import config_flags
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
-from ernjax import atomic
+from ernjax import atomic, cli
 from ernjax.baselines import features
 from ernjax.data import cohort as cohort_lib
 from ernjax.data import prepare as prepare_lib
 from ernjax.data import records as records_lib
 from ernjax.data import samples, splits
 from ernjax.data.spec import SampleSpec
-from ernjax.errors import InputError, one_line_errors
+from ernjax.errors import InputError
 from ernjax.evaluate import predictions, reporting
 from ernjax.evaluate.predictions import Predictions
 from ernjax.evaluate.scoring import ScoringPolicy
@@ -570,4 +570,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", "configs/ern.py", "The networks' configuration file.", lock_config=True
     )
-    app.run(one_line_errors(main))
+    cli.run(main)

@@ -108,6 +108,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         """The SampleSpec of this builder's config."""
         return SampleSpec.from_config(self.builder_config.spec)
 
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+    # on every build: nothing is downloaded here, and records.build logs the build itself.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         return _LocalDatasetInfo(
             builder=self,

@@ -120,7 +120,10 @@ def build(data, cohort_dir, records_dir) -> Records:
         return open_records(final)
     tfds.disable_progress_bar()  # the build logs per subject; terminal bars only clutter logs
     remove_stale_staging(records_dir)
-    made = [d for d in (final.parent, final.parent.parent, Path(records_dir)) if not d.exists()]
+    # Folders this build makes (innermost first), the records folder's new parents too (a
+    # study's WORKDIR): a failed build removes them again if they are still empty.
+    ancestors = (final.parent, final.parent.parent, Path(records_dir), *Path(records_dir).parents)
+    made = [d for d in ancestors if not d.exists()]
     staging = Staging(records_dir, name)
     try:
         config = builder_lib.ErnjaxMriConfig(

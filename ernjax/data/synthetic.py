@@ -485,7 +485,11 @@ def main(argv=None) -> None:
     ap.add_argument("--recurrence_fraction", type=float, default=0.66)
     ap.add_argument("--slice_thickness", type=float, default=0.0, help="mm; 0 = isotropic")
     ap.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm")
+    ap.add_argument(  # read by errors.one_line_errors
+        "--verbose_errors", action="store_true", help="show the traceback of bad input errors"
+    )
     args = vars(ap.parse_args(argv))
+    args.pop("verbose_errors")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the progress lines
     out = args.pop("out")
     try:

@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from ernjax.errors import one_line_errors
+from ernjax import cli
 from ernjax.preprocess import pipeline, runner
 
 FLAGS = flags.FLAGS
@@ -89,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(one_line_errors(main))
+    cli.run(main)

@@ -302,7 +302,8 @@ def _end_epoch(run: _Run, epoch: int) -> tuple[float | None, float | None]:
     run.writer.scalars(step, {"validation/loss": loss, **shown})
     p = run.progress
     track_best(p, value, step, run.config.train.early_stopping_patience, run.select, loss)
-    best = f"best {run.select.name} {p.best_metric} at step {p.best_step}"
+    shown_best = "n/a" if p.best_metric is None else f"{p.best_metric:.3f}"
+    best = f"best {run.select.name} {shown_best} at step {p.best_step}"
     logging.info(
         "epoch %d validation: loss %.4f, image AUC %.3f, subject AUC %.3f (%s)%s",
         *(epoch, loss, flat["image.auc"], flat["subject.auc"], best),
