@@ -301,6 +301,8 @@ COLUMNS = [
 
 def main(argv):
     del argv
+    # compile_s is the compile time: programs read back from the persistent cache would hide it.
+    jax.config.update("jax_enable_compilation_cache", False)
     rows = []
     for case in cases(MODELS.value, SIZE_3D.value):
         three = len(case.shape) == 3

@@ -230,6 +230,8 @@ def _value(seconds: float, per_batch: int | None) -> float:
 
 def main(argv):
     del argv
+    # compile_s is the compile time: programs read back from the persistent cache would hide it.
+    jax.config.update("jax_enable_compilation_cache", False)
     rows = []
     for case in cases():
         for dtype in DTYPES.value:

@@ -8,6 +8,7 @@
   prints every field of the resolved config (the `--config` file with the `--config.x.y=value`
   overrides) with its comment, and exits 0 (`ernjax.config_listing`).
 - The libraries' own chatter is kept out of the run's log (`quiet_library_logs`).
+- JAX's persistent compilation cache is on (`--compilation_cache_dir`, `ernjax.compile_cache`).
 """
 
 import logging
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags
 from ml_collections.config_flags import config_flags
 
-from ernjax import config_listing, errors
+from ernjax import compile_cache, config_listing, errors
 
 FLAGS = flags.FLAGS
 PRINT_CONFIG = flags.DEFINE_bool(
@@ -36,10 +37,16 @@ CONFIG_HINT = (
 def run(main) -> None:
     """Runs an absl `main(argv)` as every ernjax command does (see the module docstring)."""
     quiet_library_logs()
-    for name in ("verbose_errors", "print_config")[: 2 if _config_flags() else 1]:
+    shared = ("verbose_errors", "compilation_cache_dir", "print_config")
+    for name in shared[: 3 if _config_flags() else 2]:
         # Listed by --help with the command's own flags (absl lists the main module's).
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(errors.one_line_errors(main), flags_parser=parse_flags)
+
+    def cached_main(argv):
+        compile_cache.enable(compile_cache.CACHE_DIR.value)
+        return main(argv)
+
+    app.run(errors.one_line_errors(cached_main), flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
