@@ -20,11 +20,12 @@ evaluate/     stats (CIs, DeLong, bootstrap), calibration (Brier, intercept and 
 gradcam       Grad-CAM maps for any model, PNG overlays and NIfTI maps on the scan's grid
 inference     a trained run on a new patient: probabilities, decision, Grad-CAM
 studies/      runs of several trainings on the same patients: crossval, compare, repeat
+              (and external: a finished run, or its folds' ensemble, on another cohort)
 atomic, errors, orbax_logs, defaults
               outputs written whole or not at all; errors worded for a researcher and one-line
               command-line errors; Orbax's log noise scoped; the full config tree
 
 Command-line entry points, each a thin wrapper over the library: `main` (train and evaluate),
-`predict`, `crossval`, `compare`, `repeat`, `report`, `preprocess`, `data.synthetic`,
-`baselines.radiomics`.
+`predict`, `crossval`, `compare`, `repeat`, `external`, `report`, `preprocess`,
+`data.synthetic`, `baselines.radiomics`.
 """

@@ -36,6 +36,19 @@ class Predictions:
         return len(self.subject_id)
 
 
+DIGITS = 6  # decimals of a probability in the CSV
+
+
+def as_written(preds: Predictions) -> Predictions:
+    """`preds` with the probabilities as `write_csv` stores them and `read_csv` reads them back.
+
+    A table scored from them is then what scoring the CSV again gives.
+    """
+    probs = np.array([[float(f"{v:.{DIGITS}f}") for v in row] for row in preds.probs], np.float64)
+    probs = probs.reshape(preds.probs.shape)
+    return dataclasses.replace(preds, probs=probs)
+
+
 def write_csv(path, preds: Predictions) -> Path:
     """One row per example: subject_id, label, one `prob_<class>` column per class (atomically)."""
     path = Path(path)
@@ -43,7 +56,7 @@ def write_csv(path, preds: Predictions) -> Path:
         w = csv.writer(f)
         w.writerow(["subject_id", "label", *(f"prob_{c}" for c in preds.class_names)])
         for sid, y, p in zip(preds.subject_id, preds.label, preds.probs, strict=True):
-            w.writerow([sid, int(y), *(f"{v:.6f}" for v in p)])
+            w.writerow([sid, int(y), *(f"{v:.{DIGITS}f}" for v in p)])
     return path
 
 
