@@ -74,6 +74,19 @@ def test_csv_round_trip(tmp_path):
     assert q.subject_id == p.subject_id and q.class_names == CLASSES
     np.testing.assert_array_equal(q.label, p.label)
     np.testing.assert_allclose(q.probs, p.probs, atol=1e-6)
+    assert q.slice is None
+    # Slices carry their index along the volume; every row names its class.
+    p.slice = np.array([40, 41, 7, 8])
+    path = predictions.write_csv(tmp_path / "s.csv", p)
+    header, first = path.read_text().splitlines()[:2]
+    assert header == "subject_id,label,label_name,slice,prob_necrosis,prob_recurrence"
+    assert first.startswith("a1,1,recurrence,40,")
+    np.testing.assert_array_equal(predictions.read_csv(path).slice, p.slice)
+    # A file written before those columns reads as before.
+    old = tmp_path / "old.csv"
+    old.write_text("subject_id,label,prob_necrosis,prob_recurrence\na1,1,0.2,0.8\n")
+    o = predictions.read_csv(old)
+    assert o.slice is None and o.probs.tolist() == [[0.2, 0.8]]
 
 
 def test_read_csv_errors_name_the_file(tmp_path):

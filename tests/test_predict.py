@@ -50,8 +50,14 @@ def test_predict_matches_the_test_evaluation(run_2d, tmp_path):
 
     test = predictions.read_csv(run_2d / "predictions_test.csv")
     rows = [i for i, s in enumerate(test.subject_id) if s == sid]
+    # predictions_test.csv names each slice where predict finds it (records are not in slice
+    # order): slice by slice, the same probability.
+    by_slice = dict(zip(test.slice[rows].tolist(), test.probs[rows, 1], strict=True))
+    assert sorted(by_slice) == [s["slice"] for s in report["slices"]]
     recurrence = [s["recurrence"] for s in report["slices"]]
-    np.testing.assert_allclose(recurrence, test.probs[rows, 1], atol=2e-5)
+    np.testing.assert_allclose(
+        recurrence, [by_slice[s["slice"]] for s in report["slices"]], atol=2e-5
+    )
     assert report["n_images"] == len(rows)
     assert sum(report["probabilities"].values()) == pytest.approx(1.0)
     assert report["decision"] in ("necrosis", "recurrence")

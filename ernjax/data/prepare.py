@@ -55,6 +55,16 @@ class DataInfo:
             }
         return out
 
+    def slices(self, split: str) -> list[int] | None:
+        """Slice index of each example of `split` (slices2d), in `eval_iterator` order.
+
+        None for volumes, and for records indexed before the index held slices.
+        """
+        index = records_lib.open_records(self.records_dir).index["splits"]
+        if not all("slice" in index[s] for s, _ in self.parts[split]):
+            return None
+        return [index[s]["slice"][i] for s, i in self.parts[split]]
+
     def subject_ids(self, split: str) -> list[str]:
         """Subject of each example of `split`, in iteration order of `eval_iterator`."""
         index = records_lib.open_records(self.records_dir).index["splits"]

@@ -242,6 +242,8 @@ def _write_index(path: Path, info, spec: SampleSpec) -> None:
             "subject_id": [r["subject_id"].decode() for r in rows],
             "label": [int(r["label"]) for r in rows],
         }
+        if spec.kind == "slices2d":  # where a reader finds the slice (predictions_<split>.csv)
+            splits[split]["slice"] = [int(r["slice"]) for r in rows]
     index = {
         "splits": splits,
         "kind": spec.kind,

@@ -25,12 +25,15 @@ class Predictions:
       label: [N] true class index.
       probs: [N, K] class probabilities.
       class_names: K names, in class-index order.
+      slice: [N] each slice's index along the volume's D axis (slices2d; the slice a reader
+        finds it at), or None (volumes, or predictions that do not say).
     """
 
     subject_id: list[str]
     label: np.ndarray
     probs: np.ndarray
     class_names: tuple[str, ...]
+    slice: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.subject_id)
@@ -50,13 +53,23 @@ def as_written(preds: Predictions) -> Predictions:
 
 
 def write_csv(path, preds: Predictions) -> Path:
-    """One row per example: subject_id, label, one `prob_<class>` column per class (atomically)."""
+    """One row per example, atomically.
+
+    Columns: subject_id, label (the class index), label_name, slice (slices only: the index
+    along the volume's D axis), one `prob_<class>` column per class.
+    """
     path = Path(path)
+    slices = preds.slice is not None
     with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["subject_id", "label", *(f"prob_{c}" for c in preds.class_names)])
-        for sid, y, p in zip(preds.subject_id, preds.label, preds.probs, strict=True):
-            w.writerow([sid, int(y), *(f"{v:.{DIGITS}f}" for v in p)])
+        probs = [f"prob_{c}" for c in preds.class_names]
+        w.writerow(["subject_id", "label", "label_name", *(["slice"] * slices), *probs])
+        for i, (sid, y, p) in enumerate(
+            zip(preds.subject_id, preds.label, preds.probs, strict=True)
+        ):
+            where = [int(preds.slice[i])] if slices else []
+            name = preds.class_names[int(y)]
+            w.writerow([sid, int(y), name, *where, *(f"{v:.{DIGITS}f}" for v in p)])
     return path
 
 
@@ -72,15 +85,18 @@ def read_csv(path) -> Predictions:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header = rows[0] if rows else []
-    classes = tuple(h[len("prob_") :] for h in header[2:] if h.startswith("prob_"))
+    prob_cols = [i for i, h in enumerate(header) if h.startswith("prob_")]
+    classes = tuple(header[i][len("prob_") :] for i in prob_cols)
     if header[:2] != ["subject_id", "label"] or not classes:
         raise InputError("-", path, f"not a predictions file: header {header}")
     body = rows[1:]
+    at = header.index("slice") if "slice" in header else None  # files before it had none
     return Predictions(
         subject_id=[r[0] for r in body],
         label=np.array([int(r[1]) for r in body], np.int64),
-        probs=np.array([[float(v) for v in r[2:]] for r in body], np.float64).reshape(
+        probs=np.array([[float(r[i]) for i in prob_cols] for r in body], np.float64).reshape(
             len(body), len(classes)
         ),
         class_names=classes,
+        slice=None if at is None else np.array([int(r[at]) for r in body], np.int64),
     )

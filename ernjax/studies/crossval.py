@@ -232,11 +232,13 @@ def fold_validation_predictions(workdir, k: int) -> list[Predictions]:
 
 def concat(parts: list[Predictions]) -> Predictions:
     """The examples of several prediction sets, one after the other."""
+    slices = [p.slice for p in parts]
     return Predictions(
         subject_id=[s for p in parts for s in p.subject_id],
         label=np.concatenate([p.label for p in parts]),
         probs=np.concatenate([p.probs for p in parts]),
         class_names=parts[0].class_names,
+        slice=None if any(s is None for s in slices) else np.concatenate(slices),
     )
 
 
@@ -278,7 +280,9 @@ def ensemble_predictions(
         probs[:, positive], probs[:, 1 - positive] = frac, 1.0 - frac
     else:
         raise ValueError(f"ensemble method {method!r}: expected 'mean' or 'majority'")
-    return Predictions(list(first.subject_id), first.label.copy(), probs, first.class_names)
+    return Predictions(
+        list(first.subject_id), first.label.copy(), probs, first.class_names, first.slice
+    )
 
 
 def _write(

@@ -365,6 +365,7 @@ def _evaluate_split(run: _Run, model_state, split: str) -> tuple[dict, Predictio
         label=out["label"][keep],
         probs=out["probs"][keep],
         class_names=run.info.class_names,
+        slice=_slices(run, split),
     )
     results = stats.evaluate_predictions(
         preds.probs,
@@ -461,6 +462,12 @@ def _write_calibration(run: _Run, preds: dict, cutoffs: dict, results: dict) -> 
         f"Decision curve, {split} split, subject-wise",
         positive_class=positive,
     )
+
+
+def _slices(run: _Run, split: str) -> np.ndarray | None:
+    """Each example's slice index (slices2d records), None otherwise or for in-memory data."""
+    slices = run.info.slices(split) if isinstance(run.info, DataInfo) else None
+    return None if slices is None else np.asarray(slices, np.int64)
 
 
 def _data_summary(run: _Run) -> dict | None:
