@@ -201,6 +201,11 @@ def test_small_sample_says_so_with_the_width():
     separated, subject = notes(8, 4, separated=True)  # AUC 1: DeLong's interval collapses
     assert subject["auc"] == 1.0 and "of zero width" in separated[0]
     assert "an AUC of 0.75 has a 95% CI about 0.58 wide (Hanley & McNeil 1982)" in separated[0]
+    one_class = ev.small_sample_note(
+        dict(n=5, n_positive=5, n_negative=0, auc_ci=[math.nan] * 2), "recurrence", "necrosis"
+    )
+    assert one_class[0].endswith("one class only, so the AUC is undefined")
+    assert "nan" not in one_class[0]
 
 
 def test_notes_reach_json_csv_and_the_log(tmp_path, caplog):

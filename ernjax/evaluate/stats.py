@@ -694,6 +694,8 @@ def small_sample_note(subject: dict, positive: str, negative: str, confidence=0.
     )
     if high - low > 0:  # False for NaN
         return [text + f"the subject AUC {confidence:.0%} CI is {high - low:.2f} wide"]
+    if min(pos, neg) == 0:  # no AUC at any width: say so rather than "nan wide"
+        return [text + "one class only, so the AUC is undefined"]
     half = stats.norm.ppf((1 + confidence) / 2) * hanley_mcneil_se(0.75, pos, neg)
     why = "undefined" if math.isnan(high - low) else "of zero width"
     return [
