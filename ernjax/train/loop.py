@@ -23,6 +23,7 @@ from absl import logging
 
 from ernjax import atomic
 from ernjax.checkpoints import Checkpointer, Progress, SelectMetric
+from ernjax.data.check import ConfigError
 from ernjax.data.pipeline import GRAIN, CheckpointableIterator, DataLayout, DataPipeline
 from ernjax.data.prepare import DataInfo
 from ernjax.evaluate import calibration, predictions, reporting, stats
@@ -65,26 +66,33 @@ class _Run:
 
 
 def _check_settings(config) -> SelectMetric:
-    """Fails at once, in words, on settings no data can make right; returns the select metric."""
+    """Fails at once, in one line, on settings no data can make right; returns the select metric.
+
+    Raises:
+      ConfigError: the setting, its value and what it can be.
+    """
     if config.train.select_checkpoint not in ("best", "last"):
-        raise ValueError(
+        raise ConfigError(
             f"config.train.select_checkpoint={config.train.select_checkpoint!r}: expected "
             "'best' or 'last'"
         )
     t = config.train
     if t.get("class_weight_counts", "images") not in ("images", "subjects"):
-        raise ValueError(
+        raise ConfigError(
             f"config.train.class_weight_counts={t.class_weight_counts!r}: expected 'images' or "
             "'subjects'"
         )
     if t.sampling not in ("shuffle", "balanced"):
-        raise ValueError(f"config.train.sampling={t.sampling!r}: expected 'shuffle' or 'balanced'")
+        raise ConfigError(f"config.train.sampling={t.sampling!r}: expected 'shuffle' or 'balanced'")
     if not 0.0 <= t.ema_decay < 1.0:
-        raise ValueError(f"config.train.ema_decay={t.ema_decay}: expected 0 (off) or in (0, 1)")
-    check_norm(config.model.norm)  # before the records are built, as the rest here
+        raise ConfigError(f"config.train.ema_decay={t.ema_decay}: expected 0 (off) or in (0, 1)")
+    try:
+        check_norm(config.model.norm)  # before the records are built, as the rest here
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     pytorch_weights = config.model.init_from and not Path(config.model.init_from).is_dir()
     if pytorch_weights and config.model.norm != "batch":  # an ernjax run has its own norm
-        raise ValueError(
+        raise ConfigError(
             f"config.model.norm={config.model.norm!r} with config.model.init_from="
             f"{config.model.init_from}: PyTorch weights carry BatchNorm statistics; use "
             "--config.model.norm=batch to load them"
@@ -93,8 +101,11 @@ def _check_settings(config) -> SelectMetric:
     for name in ("train.batch_size", "eval.batch_size"):
         size = config[name.split(".")[0]][name.split(".")[1]]
         if size % n:
-            raise ValueError(f"config.{name}={size} must be a multiple of the {n} devices")
-    return SelectMetric(config.train.select_metric)
+            raise ConfigError(f"config.{name}={size} must be a multiple of the {n} devices")
+    try:
+        return SelectMetric(config.train.select_metric)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _weights_source(train_config, counted: str, counts) -> str:
