@@ -146,7 +146,7 @@ def test_run_writes_the_networks_outputs(built, capsys):
         assert p.subject_id == info.subject_ids(split)  # the order of a network's predictions
         np.testing.assert_allclose(p.probs.sum(axis=1), 1.0, atol=2e-6)
         header = (workdir / f"predictions_{split}.csv").read_text().splitlines()[0]
-        assert header == "subject_id,label,prob_necrosis,prob_recurrence"
+        assert header == "subject_id,label,label_name,prob_necrosis,prob_recurrence"
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["test.subject.auc"] == results["test.subject.auc"]
     assert saved["test.subject.n"] == 2 and saved["skipped"] == []
