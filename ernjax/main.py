@@ -50,7 +50,11 @@ def main(argv):
                 Path(FLAGS.workdir).rmdir()  # only when empty: never what a run wrote
         raise
     if jax.process_index() == 0:
-        print(f"report: {run_report.write(FLAGS.config, FLAGS.workdir)}", flush=True)
+        # Grad-CAM restores the checkpoint, which Orbax does with every process of the job, and
+        # the others are done: a multi-process run's report has none (`python -m ernjax.report`).
+        cams = 2 if jax.process_count() == 1 else 0
+        path = run_report.write(FLAGS.config, FLAGS.workdir, gradcam_subjects=cams)
+        print(f"report: {path}", flush=True)
 
 
 def initialize_distributed(coordinator_address, num_processes, process_id) -> None:

@@ -229,7 +229,9 @@ def _gradcam(workdir: Path, test, n: int) -> list[dict] | str:
     Returns the predict reports with their PNGs, or why there are none (a str).
     """
     if not n or test is None:
-        return "no test split" if test is None else "not asked for"
+        if test is None:
+            return "no test split"
+        return "not drawn here (a multi-process run, or asked for none): python -m ernjax.report"
     from ernjax import inference
 
     label_of = dict(zip(test.subject_id, (int(v) for v in test.label), strict=False))
