@@ -304,7 +304,7 @@ def test_the_real_pipeline_and_the_fake_are_the_data_seam(pipeline):
         assert isinstance(it, pipeline_lib.CheckpointableIterator)
     else:
         parts = {"train": (("train", 0),)}
-        info = DataInfo("", "slices2d", SHAPE, CLASSES, {"train": 1}, (0, 1), parts)
+        info = DataInfo("", "slices2d", SHAPE, CLASSES, {"train": 1}, (0, 1), (0, 1), parts)
     assert isinstance(info, pipeline_lib.DataLayout)
 
 
@@ -443,7 +443,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, compile_cache):
     assert {"test.image.auc", "test.subject.auc", "validation.image.auc"} <= set(results)
     assert json.loads((tmp_path / "a" / "results.json").read_text()).keys() == results.keys()
     rows = (tmp_path / "a" / "predictions_test.csv").read_text().splitlines()
-    assert rows[0] == "subject_id,label,prob_necrosis,prob_recurrence"
+    assert rows[0] == "subject_id,label,label_name,prob_necrosis,prob_recurrence"
     assert len(rows) == 1 + SIZES["test"]
     tags = _tensorboard_tags(tmp_path / "a" / "tensorboard")
     assert {"train/loss", "train/learning_rate", "train/grad_norm"} <= tags
