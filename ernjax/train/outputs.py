@@ -159,7 +159,7 @@ def plot_inputs(batch: Mapping, path, class_names: Sequence[str], n: int = N_INP
     keep = np.flatnonzero(np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool))))[:n]
     cols = min(4, max(len(keep), 1))
     rows = max(1, -(-len(keep) // cols))
-    fig = Figure(figsize=(2.6 * cols, 2.8 * rows), dpi=130)
+    fig = Figure(figsize=(2.6 * cols, 3.1 * rows), dpi=130)  # room for each row's titles
     for k, i in enumerate(keep, 1):
         ax = fig.add_subplot(rows, cols, k)
         x = _displayable(batch["image"][i])
