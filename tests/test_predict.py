@@ -366,6 +366,8 @@ def test_a_run_leaves_its_tables_config_and_figures(run_2d):
             pos += 12 + n + 4
     expected = {"figures/confusion_test", "figures/roc_test_subject", "figures/reliability_test"}
     assert expected <= tags
+    if (run_2d / run_report.GRADCAM_DIR).is_dir():  # the report, when it ran first, adds its maps
+        assert any(t.startswith("gradcam/") for t in tags)
     # The validation curve has every epoch's point (the events were flushed before reading).
     scalars = logs.read_scalars(run_2d / "tensorboard")
     assert len(scalars["validation/loss"]) == config.train.num_epochs

@@ -108,6 +108,8 @@ def write(config, workdir, *, gradcam_subjects: int = 2) -> Path:
         if (workdir / f"predictions_{s}.csv").is_file()
     }
     cams = _gradcam(workdir, preds.get("test"), gradcam_subjects)
+    if not isinstance(cams, str):
+        _cams_to_tensorboard(workdir, cams, flat.get("checkpoint_step"))
     sections = [
         _header(config, workdir, flat),
         _data_section(config, workdir, flat),
@@ -256,6 +258,19 @@ def _gradcam(workdir: Path, test, n: int) -> list[dict] | str:
     except (InputError, OSError, ValueError) as e:
         logging.warning("report: no Grad-CAM (%s)", e)
         return f"not drawn: {e}"
+
+
+def _cams_to_tensorboard(workdir: Path, cams: list[dict], step) -> None:
+    """The Grad-CAM PNGs in TensorBoard's Images tab too, beside the run's other figures."""
+    from ernjax.train import logs  # tensorboardX, only when there is something to write
+
+    writer = logs.Writer(workdir / "tensorboard")
+    try:
+        for r in cams:
+            for png in r["pngs"]:
+                writer.image(f"gradcam/{r['subject_id']}/{png.stem}", png, int(step or 0))
+    finally:
+        writer.close()
 
 
 def _cohort_folder(config, workdir: Path) -> Path:
