@@ -5,7 +5,6 @@ import csv
 import dataclasses
 import importlib.util
 import json
-import struct
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -354,16 +353,12 @@ def test_a_run_leaves_its_tables_config_and_figures(run_2d):
     ):
         assert (run_2d / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     # Every figure is in TensorBoard's Images tab too.
-    from tensorboardX.proto import event_pb2
-
-    tags = set()
-    for path in (run_2d / "tensorboard").glob("events.out.tfevents.*"):
-        data, pos = path.read_bytes(), 0
-        while pos + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
-            tags |= {v.tag for v in event.summary.value if v.HasField("image")}
-            pos += 12 + n + 4
+    tags = {
+        v.tag
+        for event in logs.read_events(run_2d / "tensorboard")
+        for v in event.summary.value
+        if v.HasField("image")
+    }
     expected = {"figures/confusion_test", "figures/roc_test_subject", "figures/reliability_test"}
     assert expected <= tags
     if (run_2d / run_report.GRADCAM_DIR).is_dir():  # the report, when it ran first, adds its maps

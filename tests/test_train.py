@@ -14,7 +14,6 @@ import inspect
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from ernjax import checkpoints, defaults
 from ernjax.data import pipeline as pipeline_lib
 from ernjax.data.prepare import DataInfo
+from ernjax.train import logs as train_logs
 from ernjax.train import loop, objective
 from ernjax.train import steps as train_steps
 
@@ -406,18 +406,8 @@ def _assert_trees_equal(a, b):
 
 
 def _tensorboard_tags(logdir: Path) -> set[str]:
-    """Tags in tensorboardX event files (TFRecord framing: length, crc, event, crc)."""
-    from tensorboardX.proto import event_pb2
-
-    tags = set()
-    for path in logdir.glob("events.out.tfevents.*"):
-        data, pos = path.read_bytes(), 0
-        while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
-            tags.update(v.tag for v in event.summary.value)
-            pos += 12 + n + 4
-    return tags
+    """Tags in tensorboardX event files."""
+    return {v.tag for event in train_logs.read_events(logdir) for v in event.summary.value}
 
 
 def test_nan_batch_stops_with_step_and_subjects(tmp_path, compile_cache):

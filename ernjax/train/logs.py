@@ -4,6 +4,7 @@ import math
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -70,27 +71,31 @@ class Writer:
             events._closed = True
 
 
-def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a run's TensorBoard event files: {tag: [(step, value), ...]} by step.
+def read_events(logdir) -> Iterator:
+    """The events of a run's TensorBoard files (tensorboardX's protobuf), file by file.
 
-    Reads the TFRecord framing (length, its CRC, the event, its CRC) with tensorboardX's own
-    protobuf, so no TensorFlow or TensorBoard is needed. A file cut short by a killed run ends
-    where its last whole event does.
+    Reads the TFRecord framing (length, its CRC, the event, its CRC), so no TensorFlow or
+    TensorBoard is needed. A file cut short by a killed run ends where its last whole event does.
     """
     from tensorboardX.proto import event_pb2
 
-    out = defaultdict(list)
     for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
         data, pos = path.read_bytes(), 0
         while pos + 12 <= len(data):
             (n,) = struct.unpack("<Q", data[pos : pos + 8])
             if pos + 12 + n + 4 > len(data):
                 break
-            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
-            for v in event.summary.value:
-                if v.HasField("simple_value"):
-                    out[v.tag].append((int(event.step), float(v.simple_value)))
+            yield event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 12 + n + 4
+
+
+def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a run's TensorBoard files: {tag: [(step, value), ...]} by step."""
+    out = defaultdict(list)
+    for event in read_events(logdir):
+        for v in event.summary.value:
+            if v.HasField("simple_value"):
+                out[v.tag].append((int(event.step), float(v.simple_value)))
     return {tag: sorted(values) for tag, values in out.items()}
 
 
