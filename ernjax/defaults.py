@@ -134,7 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
     # decay, warmed up as min(decay, (1 + step) / (10 + step)); validation, checkpoint
     # selection, the final scores and predict then use the averaged weights. 0 = off.
     t.ema_decay = 0.0
-    t.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    # Compute dtype: "float32" or "bfloat16" (parameters stay float32). bfloat16 is for GPUs/TPUs:
+    # on CPUs the run computes in float32 and logs it (train.steps.compute_dtype).
+    t.dtype = "float32"
     # The validation metric that picks the best step, counts for early stopping and is kept as
     # the "best" checkpoint: a key of the flat validation results, "image.auc" (what ernjax
     # selected by before this field existed), "subject.auc", ..., or "loss" (class-weighted;

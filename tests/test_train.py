@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -625,3 +626,16 @@ def test_balanced_sampling_trains_with_unit_class_weights():
     config.train.sampling = "shuffle"
     _, _, weights = train_steps.build_training(config, model, (30, 10), 3)
     np.testing.assert_allclose(weights, [40 / 60, 40 / 20])
+
+
+def test_bfloat16_on_cpu_devices_computes_in_float32_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert train_steps.compute_dtype("bfloat16", ["cpu"]) == "float32"
+    assert "computing in float32" in caplog.text
+    assert train_steps.compute_dtype("bfloat16", ["gpu"]) == "bfloat16"
+    assert train_steps.compute_dtype("float32", ["cpu"]) == "float32"
+    config = tiny_config()
+    config.train.dtype = "bfloat16"
+    model = train_steps.create_model(config, (6, 6, 3))
+    model.eval()
+    assert model.features(jnp.zeros((1, 6, 6, 3))).dtype == jnp.float32

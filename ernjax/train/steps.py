@@ -10,6 +10,7 @@ saves, and no Python graph traversal per step.
 """
 
 import dataclasses
+import logging
 from typing import Any
 
 import jax
@@ -168,15 +169,39 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
+def compute_dtype(requested: str, platforms=None) -> str:
+    """The dtype a run computes in: `config.train.dtype`, except bfloat16 on CPUs, which is float32.
+
+    XLA's CPU backend converts bfloat16 and computes at or below float32 speed (the train step ran
+    at 0.26-0.36x MONAI's autocast and 0.6-0.8x its own float32, benchmarks/results/run.md), so
+    bfloat16 buys a CPU run nothing but rounding. The choice is logged.
+
+    Args:
+      requested: "float32" or "bfloat16".
+      platforms: the devices' platforms (default: those of `jax.devices()`).
+    """
+    platforms = {d.platform for d in jax.devices()} if platforms is None else set(platforms)
+    if requested == "bfloat16" and platforms == {"cpu"}:
+        logging.warning(
+            "train.dtype=bfloat16 asked for, but the devices are CPUs, where XLA runs bfloat16 "
+            "slower than float32: computing in float32 (bfloat16 is for GPUs and TPUs)"
+        )
+        return "float32"
+    return requested
+
+
 def create_model(config, image_shape) -> nnx.Module:
-    """The configured model for examples of `image_shape` (channels last), e.g. (96, 96, 3)."""
+    """The configured model for examples of `image_shape` (channels last), e.g. (96, 96, 3).
+
+    It computes in `compute_dtype(config.train.dtype)`: float32 on a CPU whatever is asked.
+    """
     return models.create_model(
         config.model.name,
         in_channels=image_shape[-1],
         num_classes=config.model.num_classes,
         spatial_dims=len(image_shape) - 1,
         dropout=config.model.dropout,
-        dtype=config.train.dtype,
+        dtype=compute_dtype(config.train.dtype),
         norm=config.model.get("norm", "batch"),
         rngs=nnx.Rngs(config.seed),
     )
