@@ -5,8 +5,12 @@
 
 For each network: the train step (Adam, class-weighted cross-entropy), inference throughput at
 the train batch and batch-1 latency, warm (compile/first-call time reported separately), in
-float32 and bfloat16 (PyTorch autocast on the peer side: AMP on a GPU). Peak device memory
-where the backend reports it (GPUs). The input pipeline against the train step's consumption
+float32 and bfloat16 (PyTorch autocast on the peer side: AMP on a GPU; on a CPU the ernjax
+trainer itself computes in float32 whatever is asked, `train.steps.compute_dtype`, and the
+bfloat16 rows say what forcing it would cost). Each measure is timed in interleaved rounds,
+ernjax and MONAI alternating, and the ratio is the median of the rounds' ratios with its range;
+the thread settings of both sides go under the table. Peak device memory where the backend
+reports it (GPUs). The input pipeline against the train step's consumption
 is `python -m benchmarks.builder` (records, Grain, augmentation), run as part of this suite
 unless --skip_pipeline. Ratios are ernjax / peer: above 1 means ernjax is faster.
 Writes OUT/run.json and OUT/run.md stamped with the machine, versions and date.
@@ -32,10 +36,13 @@ CASES = {
     "resnet10": ((64, 64, 64), 4, "resnet10", 2, 8, (128, 128, 128)),
     "densenet121": ((64, 64, 64), 4, "densenet121", 2, 4, (128, 128, 128)),
 }
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SUITE = flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "input sizes and batches")
 MODELS = flags.DEFINE_list("models", list(CASES), "networks to measure")
 DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes")
-REPEATS = flags.DEFINE_integer("repeats", 3, "timed repetitions (median reported)")
+REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "interleaved timed rounds per measure (median and range reported; at least 3)"
+)
 SKIP_PIPELINE = flags.DEFINE_bool("skip_pipeline", False, "skip the records/pipeline part")
 SHAPE = flags.DEFINE_string("shape", "", "override the spatial shape, e.g. 32,32,32 (smoke runs)")
 
@@ -79,7 +86,10 @@ def _batch(case: Case, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 # ----------------------------------------------------------------------------- ernjax
 def ernjax_case(case: Case, dtype: str) -> dict:
-    """Train step, inference and latency of the ernjax model (seconds, warm)."""
+    """The ernjax model's warm train step, inference and batch-1 call, as callables that block.
+
+    Returns {"compile_s", "train", "infer", "latency" (None with several devices), "peak_mem_gb"}.
+    """
     model = models.create_model(
         CASES[case.name][2],
         in_channels=case.channels,
@@ -114,16 +124,13 @@ def ernjax_case(case: Case, dtype: str) -> dict:
         if jax.device_count() == 1
         else None
     )
-    res = {
+    return {
         "compile_s": compile_s,
-        "train_s": common.timed(step, warmup=1, repeats=REPEATS.value),
-        "infer_s": common.timed(lambda: infer(b), warmup=1, repeats=REPEATS.value),
-        "latency_s": common.timed(lambda: infer(one), warmup=1, repeats=REPEATS.value)
-        if one is not None
-        else float("nan"),
+        "train": step,
+        "infer": lambda: infer(b),
+        "latency": (lambda: infer(one)) if one is not None else None,
+        "peak_mem_gb": _jax_peak_memory,
     }
-    res["peak_mem_gb"] = _jax_peak_memory()
-    return res
 
 
 def _jax_peak_memory() -> float | None:
@@ -134,7 +141,10 @@ def _jax_peak_memory() -> float | None:
 
 # ----------------------------------------------------------------------------- MONAI / PyTorch
 def torch_case(case: Case, dtype: str) -> dict | None:
-    """The MONAI network on the same input, batch, optimizer and loss; None without torch."""
+    """The MONAI network on the same input, batch, optimizer and loss; None without torch.
+
+    Returns the same callables as `ernjax_case`.
+    """
     try:
         import torch
         from monai.networks import nets
@@ -183,18 +193,23 @@ def torch_case(case: Case, dtype: str) -> dict | None:
     t = time.perf_counter()
     step()
     first = time.perf_counter() - t
-    res = {
+    return {
         "compile_s": first,
-        "train_s": common.timed(step, warmup=1, repeats=REPEATS.value),
-        "infer_s": common.timed(lambda: infer(xt), warmup=1, repeats=REPEATS.value),
-        "latency_s": common.timed(lambda: infer(xt[:1]), warmup=1, repeats=REPEATS.value),
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
+        "train": step,
+        "infer": lambda: infer(xt),
+        "latency": lambda: infer(xt[:1]),
+        "peak_mem_gb": lambda: torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
     }
-    return res
 
 
 def rows_for(case: Case, dtype: str) -> list[dict]:
-    """Table rows (train, inference, latency) of one case and dtype, with ratios."""
+    """Table rows (train, inference, latency) of one case and dtype, with ratios.
+
+    Each measure is timed in `--repeats` interleaved rounds (ernjax, MONAI, ernjax, MONAI, ...)
+    after one warm call per side, so that a slow spell of a shared machine falls on both sides.
+    A round's ratio compares the two sides' times in that round; the table gives each side's
+    median and the median ratio with its range over the rounds.
+    """
     ours, peer = ernjax_case(case, dtype), torch_case(case, dtype)
     base = {
         "model": case.name,
@@ -203,25 +218,56 @@ def rows_for(case: Case, dtype: str) -> list[dict]:
     }
     out = []
     for what, key, per in (
-        ("train ex/s", "train_s", case.batch),
-        ("infer ex/s", "infer_s", case.batch),
-        ("latency ms (b=1)", "latency_s", None),
+        ("train ex/s", "train", case.batch),
+        ("infer ex/s", "infer", case.batch),
+        ("latency ms (b=1)", "latency", None),
     ):
         row = {**base, "batch": 1 if per is None else case.batch, "measure": what}
-        row["ernjax"] = _value(ours[key], per)
-        row["peer"] = _value(peer[key], per) if peer else None
+        sides = [ours[key]] + ([peer[key]] if peer else [])
+        if any(fn is None for fn in sides):
+            out.append(row)
+            continue
+        times = common.interleaved(sides, repeats=REPEATS.value)
+        row["ernjax"] = _value(float(np.median(times[0])), per)
         if peer:
-            # ratio > 1: ernjax faster (more ex/s, or fewer ms)
-            a, b = row["ernjax"], row["peer"]
-            row["ratio"] = a / b if per else b / a
+            row["peer"] = _value(float(np.median(times[1])), per)
+            # ratio > 1: ernjax faster (more ex/s, or fewer ms): peer time / ernjax time
+            ratios = np.asarray(times[1]) / np.asarray(times[0])
+            row["ratio"] = float(np.median(ratios))
+            row["ratio range"] = f"{ratios.min():.3g}-{ratios.max():.3g}"
         out.append(row)
     out[0]["compile_s ernjax/peer"] = (
         f"{ours['compile_s']:.1f} / {peer['compile_s']:.1f}" if peer else f"{ours['compile_s']:.1f}"
     )
-    mem = [ours.get("peak_mem_gb"), peer.get("peak_mem_gb") if peer else None]
+    mem = [ours["peak_mem_gb"](), peer["peak_mem_gb"]() if peer else None]
     if any(m is not None for m in mem):
         out[0]["peak GiB ernjax/peer"] = " / ".join("n/a" if m is None else f"{m:.2f}" for m in mem)
     return out
+
+
+def threads_note(repeats: int) -> str:
+    """How each side was threaded and timed, for the report (both sides share the cores)."""
+    env = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+    lines = [
+        f"Each measure: {repeats} interleaved rounds (ernjax, MONAI, then MONAI, ernjax, ...) "
+        "after one warm call per side; ernjax and peer are the medians, ratio is the median of "
+        "the rounds' peer time / ernjax time (above 1: ernjax faster), with its range.",
+        f"Threads: XLA's CPU client runs on all {len(os.sched_getaffinity(0))} cores of the "
+        f"affinity mask; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"ERNJAX_CPU_FAST_PATHS={os.environ.get('ERNJAX_CPU_FAST_PATHS', '1')}; "
+        + ("; ".join(f"{k}={v}" for k, v in env.items()) or "no OMP/MKL/BLAS thread variables set"),
+    ]
+    try:
+        import torch
+
+        lines.append(
+            f"PyTorch: {torch.get_num_threads()} intra-op threads, "
+            f"{torch.get_num_interop_threads()} inter-op, oneDNN "
+            f"{'on' if torch.backends.mkldnn.is_available() else 'off'}."
+        )
+    except ImportError:
+        pass
+    return "\n\n".join(lines)
 
 
 def _value(seconds: float, per_batch: int | None) -> float:
@@ -240,8 +286,10 @@ def main(argv):
                 print(r, flush=True)
             rows += got
     columns = ["model", "input", "dtype", "batch", "measure", "ernjax", "peer", "ratio",
-               "compile_s ernjax/peer", "peak GiB ernjax/peer"]  # fmt: skip
-    md = common.write_report(builder.OUT_DIR.value, "run", rows, columns)
+               "ratio range", "compile_s ernjax/peer", "peak GiB ernjax/peer"]  # fmt: skip
+    md = common.write_report(
+        builder.OUT_DIR.value, "run", rows, columns, notes=threads_note(REPEATS.value)
+    )
     print(md)
     if not SKIP_PIPELINE.value:
         builder.main([""])
