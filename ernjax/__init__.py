@@ -16,7 +16,8 @@ train/        objective, jit-compiled data-parallel steps, the training loop, co
 checkpoints   Orbax checkpoints, resume, and the one rule for which checkpoint is a run's model
 evaluate/     stats (CIs, DeLong, bootstrap), calibration (Brier, intercept and slope, decision
               curves), scoring (positive class, cut-offs: one policy), predictions (CSV), reporting
-              (tables, ROC figures, JSON), run_report (WORKDIR/report.html)
+              (tables, ROC figures, JSON), run_report (WORKDIR/report.html), readers (clinicians'
+              decisions against the model's: McNemar, Gao 2020's t tests, ROC points)
 gradcam       Grad-CAM maps for any model, PNG overlays and NIfTI maps on the scan's grid
 inference     a trained run on a new patient: probabilities, decision, Grad-CAM
 studies/      runs of several trainings on the same patients: crossval, compare, repeat

@@ -178,4 +178,10 @@ def base_config() -> ml_collections.ConfigDict:
     e.recalibrate = "none"
     e.n_bootstrap = 1000
     e.confidence = 0.95
+    # Readers' decisions to set against the model's on the test subjects (Gao 2020 Table 5,
+    # Fig. 4b): a CSV reader,subject_id,decision[,confidence], decision a class name or 1/0 for
+    # positive_class / not it (ernjax.evaluate.readers). Checked before training; the run's
+    # report (and `compare`) write readers.md/.json and draw the readers on the subject ROC.
+    # "" = none; `python -m ernjax.report --readers=FILE` adds them to a finished run.
+    e.readers_csv = ""
     return c

@@ -366,3 +366,39 @@ def test_a_run_leaves_its_tables_config_and_figures(run_2d):
     # The validation curve has every epoch's point (the events were flushed before reading).
     scalars = logs.read_scalars(run_2d / "tensorboard")
     assert len(scalars["validation/loss"]) == config.train.num_epochs
+
+
+def test_report_adds_readers_given_after_the_run(run_2d, tmp_path):
+    # `python -m ernjax.report --readers=FILE` sets the saved config's eval.readers_csv.
+    test = predictions.read_csv(run_2d / "predictions_test.csv")
+    truth = dict(zip(test.subject_id, (int(v) for v in test.label), strict=False))
+    subjects = sorted(truth)
+    rows = ["reader,subject_id,decision"]
+    rows += [f"R1,{s},{test.class_names[truth[s]]}" for s in subjects]  # always right
+    rows += [f"R2,{s},1" for s in subjects[1:]] + ["R2,not-a-test-subject,0"]
+    path = tmp_path / "readers.csv"
+    path.write_text("\n".join(rows) + "\n")
+    config = inference.load_run(run_2d).config
+    with config.unlocked():
+        config.eval.readers_csv = str(path)
+    before = (run_2d / "roc_test_subject.png").read_bytes()
+    page = run_report.write(config, run_2d, gradcam_subjects=0).read_text(encoding="utf-8")
+    assert "<h2>Readers against the model</h2>" in page
+    assert "ROC, subject-wise (test), the readers as points" in page
+    assert (run_2d / "roc_test_subject.png").read_bytes() != before
+    found = json.loads((run_2d / "readers.json").read_text())
+    assert found["readers"]["R1"]["accuracy"] == 1.0
+    r2 = found["readers"]["R2"]
+    assert r2["specificity"] == 0.0 and r2["missing"] == subjects[:1]
+    assert r2["extra"] == ["not-a-test-subject"]
+    # The model's row is the results' test subject row (the validation cut-off's decisions).
+    flat = json.loads((run_2d / "results.json").read_text())
+    model = found["models"][config.model.name]
+    for k in ("sensitivity", "specificity", "accuracy"):
+        assert model[k] == pytest.approx(flat[f"test.subject.{k}"], nan_ok=True)
+    # Rewritten without the setting, the page keeps the readers an earlier report found.
+    config = inference.load_run(run_2d).config
+    assert (
+        "Readers against the model"
+        in run_report.write(config, run_2d, gradcam_subjects=0).read_text()
+    )

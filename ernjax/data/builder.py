@@ -116,6 +116,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _log_download_done(self) -> None:
         pass
 
+    _beam_build = None  # while a Beam build runs (ernjax.data.beam_build)
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        run = super()._download_and_prepare
+        if download_config.beam_runner is None and download_config.beam_options is None:
+            return run(dl_manager, download_config)
+        # A Beam runner or pipeline options: the subjects load in the pipeline's workers
+        # (pip install -e ".[beam]").
+        from ernjax.data import beam_build
+
+        beam_build.prepare(self, run, dl_manager, download_config)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return _LocalDatasetInfo(
             builder=self,
@@ -143,6 +155,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         groups = _groups(cohort.subjects, spec.group_column, labels_csv)
         fixed = split_file.read(spec.split.file, spec.split.folds) if spec.split.file else None
         _check_split(cohort.subjects, cohort.skipped, spec, labels_csv, groups, fixed)
+        if self._beam_build is not None:  # the pipeline loads the subjects and splits them
+            return self._beam_build.split_generators(cohort, labels_csv, groups, fixed)
         workers = int(cfg.build_workers or os.cpu_count() or 1)
         folder = Path(dl_manager.download_dir) / "subjects"
         loaded, skipped = _load_all(cohort.subjects, spec, folder, workers)

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from ernjax.data import check, split_file, splits, synthetic
 from ernjax.data import records as records_lib
+from ernjax.evaluate import readers
 
 SPLITS = ("train", "validation", "test")
 # How long the other processes wait for process 0 to write the cohort and build the records
@@ -104,6 +105,7 @@ def prepare(config, workdir) -> DataInfo:
     # Before the synthetic cohort and the records (minutes to hours): classes, positive class,
     # channels against labels.csv; may set config.data.classes (`ernjax.data.check`).
     check.check_config(config)
+    readers.check_setting(config)  # a bad readers' file fails now, not after training
     records_dir = config.data.records_dir or str(Path(workdir) / "records")
     split_csv = split_file.output_path(workdir, config.data.split.get("file", ""))
     if jax.process_index() == 0:

@@ -98,13 +98,17 @@ def dataset_name(spec: SampleSpec, cohort_dir) -> str:
     return f"{spec.kind}-{digest}"
 
 
-def build(data, cohort_dir, records_dir) -> Records:
+def build(data, cohort_dir, records_dir, *, beam_runner=None, beam_options=None) -> Records:
     """Builds the records of `cohort_dir` under `records_dir` unless they already exist.
 
     Args:
       data: `config.data` (ml_collections.ConfigDict or dict): its SampleSpec and build_workers.
       cohort_dir: the cohort folder (labels.csv + one folder per subject).
       records_dir: root folder of all record sets.
+      beam_runner: an Apache Beam runner (a name such as "DirectRunner", or a runner object),
+        or None; with it or `beam_options`, the subjects load in that runner's workers
+        (`ernjax.data.beam_build`), into the same records as without.
+      beam_options: `apache_beam.options.pipeline_options.PipelineOptions`, or None.
 
     Returns:
       The built (or found) records.
@@ -136,7 +140,9 @@ def build(data, cohort_dir, records_dir) -> Records:
         builder.download_and_prepare(
             download_dir=str(staging.path / "downloads"),
             file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False, beam_runner=beam_runner, beam_options=beam_options
+            ),
         )
         built = Path(builder.data_dir)
         _write_index(built, builder.info, spec)

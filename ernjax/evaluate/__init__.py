@@ -7,4 +7,7 @@ scoring      the scoring policy of config.eval: positive class, cut-offs from va
 reporting    flat results, text/Markdown/CSV tables, ROC figures, JSON
 calibration  Brier, calibration intercept and slope, reliability curves, decision curves (net
              benefit), recalibration fitted on validation; their tables and figures
+readers      readers' decisions per subject against the model's at its validation cut-off:
+             metrics with CIs, McNemar, Gao 2020's t tests, the readers as ROC points
+run_report   WORKDIR/report.html
 """

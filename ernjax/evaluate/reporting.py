@@ -150,14 +150,18 @@ def write_json(path, flat: Mapping[str, float], indent: int = 1) -> None:
     atomic.write_text(path, json.dumps(clean, indent=indent, sort_keys=True))
 
 
-def write_tables(directory, stem: str, results: Mapping[str, Mapping]) -> None:
+def write_tables(
+    directory, stem: str, results: Mapping[str, Mapping], *, markdown_tail: str = ""
+) -> None:
     """DIRECTORY/<stem>.json (flat numbers), <stem>.md and <stem>.csv (the metrics table).
 
-    Each file is written atomically; the three are renamed into place together.
+    Each file is written atomically; the three are renamed into place together. `markdown_tail`
+    (e.g. the readers' section of a comparison) follows the table in <stem>.md.
     """
     directory = Path(directory)
+    tail = f"\n{markdown_tail}" if markdown_tail else ""
     with atomic.staged():
-        atomic.write_text(directory / f"{stem}.md", format_table(results, fmt="markdown"))
+        atomic.write_text(directory / f"{stem}.md", format_table(results, fmt="markdown") + tail)
         atomic.write_text(directory / f"{stem}.csv", format_table(results, fmt="csv"))
         write_json(directory / f"{stem}.json", flatten(results))
 
@@ -318,6 +322,11 @@ def format_table(
     )
 
 
+def ci_name(method: str) -> str:
+    """An interval method in words: "wilson" -> "Wilson"."""
+    return _CI_NAMES.get(method, method)
+
+
 def ci_description(m: Mapping) -> str:
     """One level's CI methods in words: "Wilson for proportions, DeLong for AUC, ... for F1"."""
 
@@ -438,7 +447,12 @@ def format_ttests(tests: Mapping[str, Mapping], *, fmt: str = "text", digits: in
 
 
 def plot_roc(
-    curves: Mapping[str, tuple], path, title: str = "ROC", *, positive_class: str = ""
+    curves: Mapping[str, tuple],
+    path,
+    title: str = "ROC",
+    *,
+    positive_class: str = "",
+    readers: tuple[Mapping[str, tuple[float, float]], tuple[float, float]] | None = None,
 ) -> Path:
     """ROC curves of several models in one PNG, with each AUC in the legend.
 
@@ -447,6 +461,9 @@ def plot_roc(
       path: PNG file to write atomically (folders are created).
       title: figure title.
       positive_class: named on the axes ("sensitivity (recurrence)") when given.
+      readers: ({reader: (1 - specificity, sensitivity)}, the readers' mean point), drawn as
+        red dots labelled with the reader and a red cross (Gao 2020 Fig. 4b), or None
+        (`ernjax.evaluate.readers.roc_points`).
 
     Returns:
       The path written. A curve whose data hold one class only is listed as "AUC undefined".
@@ -465,9 +482,49 @@ def plot_roc(
         fpr, tpr, _ = skm.roc_curve(y, np.asarray(scores, float))
         auc = skm.roc_auc_score(y, np.asarray(scores, float))
         ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC {auc:.3f})")
+    if readers is not None:
+        _plot_readers(ax, *readers)
     suffix = f" ({positive_class})" if positive_class else ""
     ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title, aspect="equal")
     ax.set(xlabel=f"1 - specificity{suffix}", ylabel=f"Sensitivity{suffix}")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return atomic.save_figure(fig, path)
+
+
+def _plot_readers(ax, points: Mapping[str, tuple[float, float]], mean: tuple[float, float]):
+    """The readers as red dots, labelled (one label for readers on one point); the mean, a cross."""
+    shown = {r: p for r, p in points.items() if all(math.isfinite(v) for v in p)}
+    at: dict[tuple[float, float], list[str]] = {}
+    for r, (x, y) in shown.items():
+        at.setdefault((round(x, 9), round(y, 9)), []).append(r)
+    if shown:
+        x, y = zip(*at, strict=True)
+        label = f"readers ({len(shown)})"
+        ax.scatter(x, y, s=28, color="tab:red", zorder=3, clip_on=False, label=label)
+        for (px, py), names in at.items():
+            right = px > 0.85  # near the right edge the label goes to the left of its point
+            ax.annotate(
+                ", ".join(names),
+                (px, py),
+                xytext=(-4 if right else 4, -9),
+                ha="right" if right else "left",
+                textcoords="offset points",
+                fontsize=6.5,
+                color="0.25",
+                annotation_clip=False,
+                zorder=5,  # over the mean's cross: every label stays readable
+                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.7),
+            )
+    if all(math.isfinite(v) for v in mean) and len(shown) > 1:
+        ax.scatter(
+            *mean,
+            s=70,
+            marker="X",
+            color="tab:red",
+            edgecolor="black",
+            linewidth=0.6,
+            zorder=4,
+            clip_on=False,
+            label="readers' mean",
+        )

@@ -6,6 +6,8 @@ WORKDIR/report.html with, in this order:
   - the data: subjects and images per split and class, the subjects skipped and why;
   - the settings of preprocessing, sampling, model, training and evaluation (and the full config);
   - the results tables with their notes (subject rows first), the calibration table;
+  - the readers against the model, with `config.eval.readers_csv` (`ernjax.evaluate.readers`:
+    written to WORKDIR/readers.md and readers.json here, the readers drawn on the subject ROC);
   - figures: ROC (subject- and image-wise), reliability diagram, decision curve, training curves,
     and Grad-CAM of a few test subjects (through `ernjax.inference`, what `predict` runs);
   - a checklist of the CLAIM 2024 and TRIPOD+AI 2024 topics the run covers, and those it leaves to
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from ernjax import atomic
 from ernjax.errors import InputError
-from ernjax.evaluate import predictions, reporting
+from ernjax.evaluate import predictions, readers, reporting
+from ernjax.evaluate.scoring import ScoringPolicy
 
 REPORT = "report.html"
 WIDE = ("training_curves.png", "confusion_test.png", "inputs_validation.png")
@@ -70,6 +73,7 @@ SETTINGS = {
         "eval.image_ci",
         "eval.recalibrate",
         "eval.confidence",
+        "eval.readers_csv",
     ),
 }
 FIGURES = (
@@ -107,6 +111,7 @@ def write(config, workdir, *, gradcam_subjects: int = 2) -> Path:
         for s in ("validation", "test")
         if (workdir / f"predictions_{s}.csv").is_file()
     }
+    readers_md = _readers(config, workdir, preds)
     cams = _gradcam(workdir, preds.get("test"), gradcam_subjects)
     if not isinstance(cams, str):
         _cams_to_tensorboard(workdir, cams, flat.get("checkpoint_step"))
@@ -115,6 +120,7 @@ def write(config, workdir, *, gradcam_subjects: int = 2) -> Path:
         _data_section(config, workdir, flat),
         _settings_section(config),
         _results_section(workdir, flat, config.eval),
+        _readers_section(readers_md),
         _figures_section(workdir),
         _gradcam_section(cams),
         _checklist_section(config, workdir, flat),
@@ -216,9 +222,42 @@ def _results_section(workdir: Path, flat: Mapping, eval_config) -> str:
     return "\n".join(parts)
 
 
+def _readers(config, workdir: Path, preds: Mapping) -> str:
+    """The readers' Markdown of `config.eval.readers_csv`, or of an earlier report, or "".
+
+    With the setting, readers.md and readers.json are written now and the subject ROC is redrawn
+    with the readers on it; without it, the readers.md an earlier report left is shown.
+    """
+    path = config.eval.get("readers_csv", "")
+    if not path:
+        old = workdir / "readers.md"
+        return old.read_text(encoding="utf-8") if old.is_file() else ""
+    if "test" not in preds:
+        logging.warning("report: no test split, so the readers are not compared")
+        return "# Readers against the model\n\nNo test split: the readers are not compared.\n"
+    test = preds["test"]
+    scoring = ScoringPolicy.from_config(config.eval, test.class_names)
+    cutoffs = scoring.cutoffs(preds.get("validation"))
+    name = config.model.name
+    result, markdown = readers.run(path, workdir, scoring, {name: test}, {name: cutoffs})
+    points = readers.roc_points(result)
+    scoring.plot_rocs({"test": test}, workdir / "roc_test", {"test": cutoffs}, readers=points)
+    for warning in result["warnings"]:
+        logging.warning("readers: %s", warning)
+    logging.info("readers: %s", workdir / "readers.md")
+    return markdown
+
+
+def _readers_section(markdown: str) -> str:
+    return markdown_to_html(markdown) if markdown else ""
+
+
 def _figures_section(workdir: Path) -> str:
     parts = ["<h2>Figures</h2>", "<div class='figs'>"]
+    with_readers = (workdir / "readers.json").is_file()
     for name, title in FIGURES:
+        if with_readers and name == "roc_test_subject.png":
+            title += ", the readers as points"
         if (workdir / name).is_file():
             parts.append(_figure(workdir / name, title))
     parts.append("</div>")
@@ -357,6 +396,13 @@ def checklist(config, workdir: Path, flat: Mapping) -> list[tuple[str, str, str]
             "Uncertainty from small samples stated",
             "yes",
             "Results notes (small samples, degenerate intervals)",
+        ),
+        (
+            "Comparison with clinicians (readers) on the same patients",
+            "yes" if (workdir / "readers.json").is_file() else "no",
+            "Readers"
+            if (workdir / "readers.json").is_file()
+            else "python -m ernjax.report --readers=FILE (or --config.eval.readers_csv=FILE)",
         ),
         (
             "Comparison with a simple baseline on the same patients",

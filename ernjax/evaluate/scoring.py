@@ -8,6 +8,7 @@ cut-offs and the subject rule. The trainer's final evaluation, cross-validation,
   cutoffs(val)      image and subject cut-offs chosen on VALIDATION predictions ({}: defaults)
   score(preds, c)   image- and subject-wise metrics with the CI methods of `config.eval`
   decide(probs, c)  one patient's subject score, the cut-off it is held against, the decision
+  subject_calls(preds, c)   every subject's truth and decision, as the subject rows count them
   roc_data, plot_rocs   the curves of the positive class, per image or per subject
   calibration_data, plot_calibration   reliability diagrams and decision curves (`calibration`)
 
@@ -267,6 +268,29 @@ class ScoringPolicy:
             decision = names[int(np.argmax(probs.mean(0)))]
         return {"score": float(score[0]), "threshold": cut, "decision": decision}
 
+    def subject_calls(
+        self, preds: Predictions, cutoffs: Mapping | None = None
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every subject's truth and the model's decision, the ones `score`'s subject row counts.
+
+        A subject is called positive when its score (`roc_data`, the recalibration of `cutoffs`
+        applied) is >= `subject_cutoff(cutoffs)`: what `decide` says of each patient. Readers'
+        decisions are set against these (`ernjax.evaluate.readers`).
+
+        Returns:
+          (subject IDs [S], sorted; is of the positive class [S]; called positive [S]).
+        """
+        preds = self.recalibrated(preds, cutoffs)
+        subjects, score, labels = stats.aggregate_by_subject(
+            preds.probs[:, self.positive],
+            preds.label,
+            preds.subject_id,
+            self.subject_method,
+            threshold=self.image_cutoff(cutoffs),
+        )
+        called = score >= self.subject_cutoff(cutoffs)
+        return [str(s) for s in subjects], labels == self.positive, called
+
     # ------------------------------------------------------------------------- ROC curves
     def roc_data(
         self, preds: Predictions, level: str = "image", cutoffs: Mapping | None = None
@@ -291,21 +315,28 @@ class ScoringPolicy:
         return s_label == self.positive, s_score
 
     def plot_rocs(
-        self, named: Mapping[str, Predictions], path_stem, cutoffs: Mapping | None = None
+        self,
+        named: Mapping[str, Predictions],
+        path_stem,
+        cutoffs: Mapping | None = None,
+        *,
+        readers: tuple | None = None,
     ) -> None:
         """Image-wise and subject-wise ROC PNGs of several prediction sets (`<stem>_image.png`).
 
         `cutoffs` maps a set's name to its cut-offs (`roc_data`); a name not in it gets the
-        defaults.
+        defaults. `readers` (`readers.roc_points`) draws readers on the subject-wise figure.
         """
         cutoffs = cutoffs or {}
         for level in ("image", "subject"):
             curves = {n: self.roc_data(p, level, cutoffs.get(n)) for n, p in named.items()}
+            points = readers if level == "subject" else None
             reporting.plot_roc(
                 curves,
                 f"{path_stem}_{level}.png",
-                f"ROC, {level}-wise",
+                f"ROC, {level}-wise" + (", readers as points" if points else ""),
                 positive_class=self.positive_name,
+                readers=points,
             )
 
     # ------------------------------------------------------------------------- calibration

@@ -15,7 +15,10 @@ Written to W:
     Holm-adjusted value over the level's tests, with a note that the image test counts slices
     as independent;
   - ttests.md: one-sample t tests of the true-class probability against 0.5 (Ying Tables 5-6);
-  - roc_test_image.png / roc_test_subject.png: every run's ROC curve in one figure.
+  - roc_test_image.png / roc_test_subject.png: every run's ROC curve in one figure;
+  - with `config.eval.readers_csv`, readers.md / readers.json (`ernjax.evaluate.readers`): each
+    reader against each run (McNemar), Gao's t tests of the runs against the readers, also
+    appended to compare.md, and the readers as points on roc_test_subject.png.
 """
 
 import itertools
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ernjax import atomic
-from ernjax.evaluate import predictions, reporting, stats
+from ernjax.evaluate import predictions, readers, reporting, stats
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.studies import repeat, runs
 
@@ -73,6 +76,7 @@ def run(config, workdir, models, channel_sets, reference: str = "", all_pairs=Fa
             )
     names = [run_name(m, chans) for m in models for chans in channel_sets]
     ref = resolve_reference(reference, names)  # before any training: a typo fails at once
+    readers.check_setting(config)  # likewise a bad readers' file
     val, test = {}, {}
     shared, runner = runs.shared_data(config, workdir), runs.Runner()
     for model in models:
@@ -158,10 +162,16 @@ def summarize(
     with atomic.staged():
         atomic.write_text(workdir / "delong.md", delong)
         atomic.write_text(workdir / "ttests.md", reporting.format_ttests(ttests, fmt="markdown"))
-        scoring.plot_rocs(test, workdir / "roc_test", cutoffs)
-        reporting.write_tables(workdir, "compare", results)
+        points, tail = None, ""
+        if config.eval.get("readers_csv"):
+            found, tail = readers.run(config.eval.readers_csv, workdir, scoring, test, cutoffs)
+            points = readers.roc_points(found)
+        scoring.plot_rocs(test, workdir / "roc_test", cutoffs, readers=points)
+        reporting.write_tables(workdir, "compare", results, markdown_tail=tail)
     print(reporting.format_table(results), flush=True)
     print(delong, flush=True)
+    if tail:
+        print(tail, flush=True)
     return results
 
 
