@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",
     "scipy==1.17.1",
+    # WhiteStripe (config.data.normalize="whitestripe"), the field's maintained implementation;
+    # scikit-fuzzy is its one dependency that ernjax lacked (pure Python; no version above moves)
+    "intensity-normalization==3.0.1",
+    "scikit-fuzzy==0.5.0",
     "scikit-image==0.26.0",  # marching cubes / squares for the radiomics shape features
     "numpy==2.4.6",
     "absl-py==2.5.1",

@@ -34,7 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.reference = "t1"  # modality whose grid the others are resampled onto
     d.spacing = ()  # (x, y, z) mm in canonical RAS; () keeps the reference spacing
     d.shape = (96, 96)  # output shape: (H, W) for slices2d, (D, H, W) for volumes3d
-    d.normalize = "minmax"  # "minmax" to [0, 1] or "zscore", inside the non-zero (brain) region
+    # Per channel, inside the non-zero (brain) region: "minmax" to [0, 1] (Ying 2025), "zscore",
+    # or "whitestripe" (Shinohara 2014, Shin 2021: the channel's white-matter stripe at mean 0 and
+    # SD 1, found by its contrast, so each channel must be named t1/t1n/t1w/t1c/t1ce/t1gd, t2/t2w
+    # or flair/t2f; a T1c takes the T1 rule: ernjax.data.whitestripe).
+    d.normalize = "minmax"
     d.on_error = "raise"  # "raise" or "skip" (skips are logged and recorded in the metadata)
     # Lesion-centred inputs (issue 16 item 2; Shin 2021 drew rectangular ROIs, Gao 2020 marked
     # lesion slices). "brain": the whole brain's bounding box, resized to `shape` (as before);
@@ -70,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
             template_mask_threshold=0.2,  # template intensity (0-1) counted as brain (nilearn's)
             skullstrip="atlas",  # "atlas" (template mask carried back) or a learned method's name
             skullstrip_weights="",  # weights of a learned skull-stripping method
-            normalize="minmax",  # "minmax" (robust, to [0, 1]) or "zscore", inside the brain
+            # "minmax" (robust, to [0, 1]), "zscore" or "whitestripe" (by each modality's name, as
+            # config.data.normalize), inside the brain (the skullstrip mask, else non-zero voxels).
+            normalize="minmax",
             crop_margin=4,  # voxels kept around the brain by the "crop" step
             dicom_map="",  # CSV series_description,modality (or JSON) overriding the guesses
             dicom_min_slices=32,  # series with fewer slices are reported (Ying 2025 excluded them)

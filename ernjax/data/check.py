@@ -13,6 +13,8 @@
   classes is left to `cohort.find_subjects`, whose message names the subject;
 - `config.eval.positive_class` among the classes, `config.model.num_classes` their number,
   `config.data.channels` and `config.data.reference` among the modalities (errors with the flag);
+- `config.data.normalize` a method; with "whitestripe", a contrast WhiteStripe knows for every
+  channel's modality name (`whitestripe.CONTRASTS`: t1c takes the T1 rule);
 - warns about modalities that no channel uses (each subject still needs the file) and about a
   mask that a 3D run on the whole brain reads but does not feed to the network;
 - warns when a split would hold fewer than `MIN_PER_CLASS` subjects of a class, computed from
@@ -27,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from ernjax.data import cohort as cohort_lib
-from ernjax.data import split_file, splits, synthetic
+from ernjax.data import geometry, split_file, splits, synthetic, whitestripe
 from ernjax.errors import InputError
 
 DEFAULT_CLASSES = ("necrosis", "recurrence")  # ernjax/defaults.py's config.data.classes
@@ -97,6 +99,7 @@ def check_config(config, *, split_counts: bool = True) -> None:
     _check_positive_class(config, labels_csv if derived else None)
     _check_num_classes(config)
     _check_modalities(config, synthetic_cohort=not d.cohort_dir)
+    _check_normalize(config)
     if split_counts and rows is not None:
         _split_counts(config, rows, labels_csv)
 
@@ -273,6 +276,52 @@ def _check_modalities(config, *, synthetic_cohort: bool) -> None:
             "box of roi_size_mm on the lesion; --config.data.mask_channel=True adds the mask as "
             "a channel"
         )
+
+
+# ----------------------------------------------------------------------------- normalization
+def _check_normalize(config) -> None:
+    """config.data.normalize is a method, and with WhiteStripe each channel's contrast is known.
+
+    The radiomics baseline normalizes every modality, so there every modality's is checked.
+    """
+    d = config.data
+    if config.model.name == RADIOMICS:
+        modalities = d.bids.modalities if d.get("layout", "patterns") == "bids" else d.modalities
+        names, field = list(modalities), "the modalities (the radiomics baseline uses them all)"
+    else:
+        names, field = list(d.channels), f"config.data.channels={tuple(d.channels)}"
+    check_normalization(d.normalize, names, "config.data.normalize", field)
+
+
+def check_normalization(method: str, names, setting: str, field: str) -> None:
+    """A normalization method, and with WhiteStripe a known contrast for each modality name.
+
+    Args:
+      method: the configured method (`geometry.NORMALIZATIONS`).
+      names: the modality names it will normalize.
+      setting: the setting's name in the message, e.g. "config.data.normalize".
+      field: where those names come from, in words (the message names it).
+
+    Raises:
+      ConfigError: an unknown method, or a name that `whitestripe.CONTRASTS` does not hold.
+    """
+    if method not in geometry.NORMALIZATIONS:
+        raise ConfigError(
+            f"{setting}={method!r} is not a normalization: set --{setting}= "
+            f"{', '.join(geometry.NORMALIZATIONS[:-1])} or {geometry.NORMALIZATIONS[-1]}"
+        )
+    unknown = [n for n in names if whitestripe.contrast_of(n) is None]
+    if method != "whitestripe" or not unknown:
+        return
+    by_rule = {}
+    for name, rule in whitestripe.CONTRASTS.items():
+        by_rule.setdefault(rule, []).append(name)
+    known = "; ".join(f"{rule.upper()}: {', '.join(n)}" for rule, n in by_rule.items())
+    raise ConfigError(
+        f"{setting}='whitestripe' finds the white matter by each image's contrast, and {field} "
+        f"has {', '.join(map(repr, unknown))}, whose contrast it does not know: name each "
+        f"modality by its contrast ({known}), or set --{setting}=zscore"
+    )
 
 
 # ----------------------------------------------------------------------------- split counts

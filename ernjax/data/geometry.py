@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from ernjax import atomic
+from ernjax.data import whitestripe
 from ernjax.errors import InputError
 
 # Two affines closer than this at every voxel of a grid are one grid. NIfTI headers hold the affine
@@ -20,6 +21,7 @@ from ernjax.errors import InputError
 # an oblique 256x256x60 grid by up to 1e-4 mm (measured), 10x below this and 1/400 of a 0.4 mm
 # voxel. Any real difference is larger, and is resampled, never ignored.
 SAME_GRID_MM = 1e-3
+NORMALIZATIONS = ("minmax", "zscore", "whitestripe")  # `normalize`'s methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,14 +300,25 @@ def fit_to_shape(data: np.ndarray, shape, order: int = 1) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def normalize(data: np.ndarray, region: np.ndarray, method: str = "minmax") -> np.ndarray:
+def normalize(
+    data: np.ndarray, region: np.ndarray, method: str = "minmax", modality: str = ""
+) -> np.ndarray:
     """Intensity normalization inside `region` (brain or non-zero voxels); zero outside.
 
     Args:
       data: the image array.
       region: boolean mask of voxels that define the statistics.
-      method: "minmax" to [0, 1] (Ying 2025: per-sample min-max) or "zscore" (mean 0, std 1).
+      method: "minmax" to [0, 1] (Ying 2025: per-sample min-max), "zscore" (mean 0, std 1) or
+        "whitestripe" (Shinohara 2014: the white-matter stripe at mean 0, std 1; Shin 2021).
+      modality: the image's modality name ("t1", "t1c", "t2", "flair", ...): WhiteStripe's
+        rule for the white-matter mode depends on the contrast (`whitestripe.CONTRASTS`).
+
+    Raises:
+      whitestripe.StripeError: WhiteStripe found no stripe (a constant or tiny region).
+      ValueError: an unknown method, or a modality WhiteStripe does not know.
     """
+    if method == "whitestripe":
+        return whitestripe.normalize(data, region, modality)
     values = data[region]
     out = np.zeros_like(data, dtype=np.float32)
     if values.size == 0:
@@ -317,6 +330,6 @@ def normalize(data: np.ndarray, region: np.ndarray, method: str = "minmax") -> n
     elif method == "zscore":
         scaled = (data - values.mean()) / max(float(values.std()), 1e-6)
     else:
-        raise ValueError(f"unknown normalization {method!r}: use 'minmax' or 'zscore'")
+        raise ValueError(f"unknown normalization {method!r}: use one of {NORMALIZATIONS}")
     out[region] = scaled[region]
     return out

@@ -16,7 +16,7 @@ Geometry before sampling (issue "data"), in this order:
    scan) plus `MARGIN` voxels; slices2d keeps every axial slice. With `data.roi` "mask" or
    "centre" the whole grid is kept here instead, and step 5b cuts the lesion's box;
 5. normalize each channel inside that region (`data.normalize`: min-max to [0, 1] as Ying 2025,
-   or z-score);
+   z-score, or WhiteStripe as Shin 2021, by each channel's contrast: `ernjax.data.whitestripe`);
 5b. lesion-centred inputs (`data.roi`, issue 16 item 2): a box of `data.roi_size_mm` (x, y, z mm)
    centred on the lesion mask's bounding-box centre or on the labels.csv centre, with the grid's
    axis directions, sampled at `data.shape` (linear; the mask nearest neighbour), so the voxel
@@ -43,6 +43,7 @@ import logging
 import numpy as np
 
 from ernjax.data import geometry as geo
+from ernjax.data import whitestripe
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 
@@ -189,7 +190,7 @@ def load_on_grid(subject, spec) -> SubjectVolume:
     brain = ref.data[box] != 0
     # normalized over the whole brain, also for an ROI: its statistics then do not depend on
     # where the box falls (a box around a bright lesion would otherwise dim the rest)
-    chans = [geo.normalize(imgs[m].data[box], brain, spec.normalize) for m in spec.channels]
+    chans = [_normalized(subject, m, imgs[m].data[box], brain, spec) for m in spec.channels]
     image, lesion = np.stack(chans, -1), None if mask is None else mask.data[box] > 0.5
     grid_affine = ref.affine @ _box_index(lo)
     # the ROI's centre first: an empty mask is then reported as the centre's problem
@@ -212,6 +213,18 @@ def load_on_grid(subject, spec) -> SubjectVolume:
     lesion = None if lesion is None else _to_dhw(lesion)
     affine = grid_affine @ _dhw_index((0, 0, 0), brain.shape[::-1])
     return SubjectVolume(image, lesion, brain, affine, tuple(int(k) for k in found))
+
+
+def _normalized(subject, modality: str, data, brain, spec: SampleSpec) -> np.ndarray:
+    """One channel normalized inside the brain (step 5).
+
+    Raises:
+      InputError: WhiteStripe found no white-matter stripe in it (names the subject and file).
+    """
+    try:
+        return geo.normalize(data, brain, spec.normalize, modality)
+    except whitestripe.StripeError as e:
+        raise InputError(subject.subject_id, subject.files.get(modality, ""), str(e)) from e
 
 
 def _brain_box(nonzero: np.ndarray, spec: SampleSpec) -> tuple[slice, ...]:

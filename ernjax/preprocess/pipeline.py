@@ -10,7 +10,8 @@ The steps run in a fixed order, each optional (`settings.steps`):
               resampling of every modality into template space
   skullstrip  the template brain mask carried back through that registration ("atlas"), or a
               registered learned method
-  normalize   intensities inside the brain: min-max to [0, 1] or z-score
+  normalize   intensities inside the brain: min-max to [0, 1], z-score, or WhiteStripe
+              (Shin 2021; each modality by its contrast, `ernjax.data.whitestripe`)
   crop        to the brain's bounding box (plus a margin)
 
 Registration results are world-space transforms, so an image is only resampled where a step
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ernjax.data import whitestripe
 from ernjax.data.geometry import Image, bounding_box, normalize, reorient_canonical, resample
 from ernjax.errors import InputError
 from ernjax.preprocess import bias, register, skullstrip
@@ -194,11 +196,14 @@ def _mask_on(mask: Image, image: Image) -> np.ndarray:
     return resample(mask, image.data.shape, image.affine, order=0).data > 0.5
 
 
-def _normalize(state: State, settings, subject: str) -> str:
+def _normalize(state: State, settings, subject: str, paths: Mapping) -> str:
     out = {}
     for m, im in state.images.items():
         region = _mask_on(state.brain, im) if state.brain is not None else im.data > 0
-        out[m] = Image(normalize(im.data, region, settings.normalize), im.affine)
+        try:  # WhiteStripe's rule for the white-matter mode is the modality's (its name)
+            out[m] = Image(normalize(im.data, region, settings.normalize, m), im.affine)
+        except whitestripe.StripeError as e:
+            raise InputError(subject, paths.get(m, ""), str(e)) from e
     state.images = out
     return settings.normalize
 
@@ -242,8 +247,13 @@ def run_steps(state: State, settings, subject: str, paths: Mapping) -> State:
       InputError: a step failed on this subject's data (registration, empty brain mask).
     """
     state.snapshot("input")
-    plain = {"reorient": _reorient, "n4": _n4, "normalize": _normalize, "crop": _crop}
-    located = {"coregister": _coregister, "mni": _mni, "skullstrip": _skullstrip}
+    plain = {"reorient": _reorient, "n4": _n4, "crop": _crop}
+    located = {
+        "coregister": _coregister,
+        "mni": _mni,
+        "skullstrip": _skullstrip,
+        "normalize": _normalize,
+    }
     for step in check_steps(settings.steps):
         if step in plain:
             text = plain[step](state, settings, subject)

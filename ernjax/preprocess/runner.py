@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ernjax import atomic
+from ernjax.data import check
 from ernjax.data import cohort as cohort_lib
 from ernjax.data.geometry import Image, check_mask_grid, load_image, save_image
 from ernjax.errors import InputError
@@ -283,11 +284,22 @@ def preprocess_cohort(
 
     Returns:
       The Summary; `summary.ok` is False when any subject failed.
+
+    Raises:
+      ConfigError: a normalization unknown, or WhiteStripe with a modality whose contrast it
+        does not know (before anything is written).
     """
     cohort_dir, out_dir = Path(cohort_dir), Path(out_dir)
     if out_dir.resolve() == cohort_dir.resolve():
         raise ValueError(f"out_dir must differ from cohort_dir ({cohort_dir})")
     settings = plain_settings(settings)
+    if "normalize" in settings.steps:  # before any work: WhiteStripe needs known contrasts
+        check.check_normalization(
+            settings.normalize,
+            list(modalities),
+            "config.data.preprocess.normalize",
+            f"the modalities (--modalities: {', '.join(modalities)})",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     found, source_dir = _discover(
         cohort_dir, out_dir, modalities, settings, labels_required, mask_pattern
