@@ -35,15 +35,21 @@ INSTALL_REQUIRES = [
     "dcm2niix==1.0.20260724",  # DICOM -> NIfTI (its binary ships in the wheel)
 ]
 
+BEAM = ["apache-beam==2.77.0"]
+
 EXTRAS_REQUIRE = {
     # statsmodels: a reference the tests check stats against (Holm), never imported at run time.
-    "test": ["pytest==9.2.0", "ruff==0.17.6", "statsmodels==0.15.0"],
+    # Beam too, so that tests/test_beam_build.py runs the DirectRunner build (it resolves with
+    # every pin above unchanged).
+    "test": ["pytest==9.2.0", "ruff==0.17.6", "statsmodels==0.15.0", *BEAM],
     # JAX with its CUDA 12 wheels (see README: "GPUs").
     "cuda": ["jax[cuda12]==0.10.2"],
     # Parity tests and peer benchmarks: the CPU build of PyTorch that this machine ships, and MONAI.
     "torch": ["torch==2.13.0", "monai==1.6.1"],
     # The TensorBoard server, to review WORKDIR/tensorboard (launch/tensorboard.sh); no TensorFlow.
     "tensorboard": ["tensorboard==2.21.0"],
+    # The records build on an Apache Beam runner (README: "Building the records on a cluster").
+    "beam": BEAM,
 }
 
 setup(
