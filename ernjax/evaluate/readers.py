@@ -34,7 +34,8 @@ line naming the file, the line and the problem (`InputError`).
   - Gao's t tests of the readers' values against the model's (`gao_ttest`), for comparison;
   - warnings where a reader's subjects differ from the test split (missing ones are left out of
     that reader's metrics; extra ones, which have no test label, are ignored).
-`write` puts it in DIR/readers.md and readers.json; `roc_points` gives the ROC figure's points.
+`run` reads the file, compares and writes DIR/readers.md and readers.json (the run's report and
+`compare` call it); `roc_points` gives the ROC figure's points.
 """
 
 from __future__ import annotations
