@@ -63,13 +63,32 @@ def test_sampling_matches_the_package_on_a_real_scan(shared_data):
     brain = _array(files["t1"]) != 0  # the reference's non-zero region, as samples takes it
     assert vol.brain.sum() == brain.sum()
     for c, m in enumerate(MODS):
-        theirs = _package(files[m], brain, PACKAGE_MODALITY[m])[brain]
+        # fitted on the brain's voxels with signal in this channel (2 FLAIR voxels here are 0);
+        # the package normalizes the whole volume, so the brain's zeros are compared too
+        signal = brain & (_array(files[m]) != 0)
+        theirs = _package(files[m], signal, PACKAGE_MODALITY[m])[brain]
         ours = vol.image[..., c]
         # reorientation permutes the voxels and the crop keeps the whole brain: the same values
         np.testing.assert_allclose(np.sort(ours[vol.brain]), np.sort(theirs), rtol=1e-6, atol=1e-4)
         assert not ours[~vol.brain].any()  # zero outside the brain, as minmax and zscore
     # WhiteStripe units: the stripe's SD, so the brain spans tens of them (not [0, 1])
     assert vol.image[..., 0][vol.brain].min() < -50 and vol.image[..., 0].max() > 50
+
+
+def test_a_flair_covering_less_than_the_t1_is_fitted_on_its_own_signal(shared_data):
+    """Brats18_2013_20_1's FLAIR is 0 in a third of the T1's brain (fewer slices): fitted on the
+    whole T1 brain, the largest peak would be that 0, and the stripe empty."""
+    subject = "Brats18_2013_20_1"
+    files = _files(shared_data, subject, ("t1", "flair"))
+    spec = _data(channels=("flair",), reference="t1")
+    vol = samples.load_on_grid(Subject(subject, 0, "HGG", files), spec)
+    brain, flair = _array(files["t1"]) != 0, _array(files["flair"])
+    assert (flair[brain] == 0).mean() > 0.3
+    theirs = _package(files["flair"], brain & (flair != 0), "flair")[brain]
+    ours = vol.image[..., 0][vol.brain]
+    np.testing.assert_allclose(np.sort(ours), np.sort(theirs), rtol=1e-6, atol=1e-4)
+    with pytest.raises(whitestripe.StripeError, match="No voxels found in white stripe"):
+        whitestripe.fit(flair[brain], "flair")  # the zeros left in
 
 
 def test_t1c_takes_the_t1_rule_and_its_stripe_lies_at_the_t1s_white_matter(shared_data):
@@ -117,7 +136,7 @@ def test_too_few_intensity_levels_refuse_the_subject_naming_the_file(shared_data
         samples.load_on_grid(Subject(subject, 0, "HGG", files), spec)
     assert err.value.subject == subject and err.value.path == str(files["t1c"])
     assert "206 distinct intensities" in err.value.problem
-    assert "zscore or minmax" in err.value.problem
+    assert "with zscore or minmax, or leave this subject out" in err.value.problem
 
 
 def test_the_records_name_changes_with_whitestripe(tmp_path):

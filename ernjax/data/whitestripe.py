@@ -31,10 +31,11 @@ Intensities quantized to a few hundred levels can leave no voxel strictly betwee
 bounds (the package's rule): one of those T1c scans (206 distinct values in its non-zero region)
 has none. `fit` then raises `StripeError`, which the callers word with the subject and the file.
 
-The fit runs on the region's voxels only, passed to the package as a 1-D image with an all-True
-mask: the package's own masked fit compares the whole masked volume, zeros outside the brain
-included, with the stripe's bounds, which counts the background as white matter when the
-lower bound is negative (an image already z-scored). On positive MRI both give the same stripe.
+The fit runs on the region's voxels that hold signal (non-zero: `normalize`), passed to the
+package as a 1-D image with an all-True mask: the package's own masked fit compares the whole
+masked volume, zeros outside the brain included, with the stripe's bounds, which counts the
+background as white matter when the lower bound is negative (an image already z-scored). On
+positive MRI both give the same stripe.
 """
 
 import dataclasses
@@ -122,7 +123,7 @@ def fit(values: np.ndarray, contrast: str, width: float = WIDTH) -> tuple[Stripe
             f"WhiteStripe ({contrast} rule) found no white-matter stripe ({e.__cause__ or e}); "
             f"the brain holds {levels} distinct intensities"
             + (f", too few for a stripe of +/-{width} quantile" if levels < 1000 else "")
-            + ": normalize this cohort with zscore or minmax instead"
+            + ": normalize this cohort with zscore or minmax, or leave this subject out"
         ) from e
     inside = np.asarray(normalizer.whitestripe_mask, bool)
     stripe = flat[inside]
@@ -138,14 +139,18 @@ def fit(values: np.ndarray, contrast: str, width: float = WIDTH) -> tuple[Stripe
 def normalize(data: np.ndarray, region: np.ndarray, modality: str) -> np.ndarray:
     """WhiteStripe-normalizes `data` from the stripe of `region`'s voxels; zero outside it.
 
+    The fit leaves out the region's voxels that are exactly 0 in `data`: no signal, not tissue
+    (the region is often another modality's brain, and a FLAIR whose slices cover less of the
+    head has a third of the T1's brain at 0 in one BraTS case: its largest peak would be 0).
+
     Args:
       data: the image array.
-      region: boolean mask of the brain (the voxels whose histogram is fitted).
+      region: boolean mask of the brain (the voxels whose histogram is fitted, less zeros).
       modality: the channel's ernjax modality name (mapped by `CONTRASTS`).
 
     Returns:
-      float32 (data - stripe mean) / stripe std inside `region`, 0 outside (all 0 for an
-      empty region, as the other methods).
+      float32 (data - stripe mean) / stripe std inside `region` (its zeros too), 0 outside
+      (all 0 for a region without signal, as the other methods for an empty one).
 
     Raises:
       StripeError: no stripe could be fitted (see `fit`).
@@ -155,8 +160,9 @@ def normalize(data: np.ndarray, region: np.ndarray, modality: str) -> np.ndarray
     if contrast is None:
         raise ValueError(f"WhiteStripe does not know the contrast of modality {modality!r}")
     out = np.zeros(data.shape, np.float32)
-    if not region.any():
+    signal = region & (data != 0)
+    if not signal.any():
         return out
-    stripe, _ = fit(data[region], contrast)
+    stripe, _ = fit(data[signal], contrast)
     out[region] = (data[region] - stripe.mean) / stripe.std
     return out
