@@ -18,7 +18,7 @@ from ernjax.data.cohort import Subject
 from ernjax.data.spec import SampleSpec
 from ernjax.defaults import base_config
 from ernjax.errors import InputError
-from ernjax.preprocess import runner
+from ernjax.preprocess import qc, runner
 
 intensity_normalization = pytest.importorskip("intensity_normalization")
 
@@ -194,3 +194,10 @@ def test_preprocessing_normalizes_as_the_package(shared_data, tmp_path):
             ours[brain], _package(path, brain, PACKAGE_MODALITY[m])[brain], rtol=1e-6, atol=1e-4
         )
         assert not ours[~brain].any()
+
+
+def test_the_qc_figure_windows_the_negative_half_of_a_normalized_image():
+    raw = np.array([0.0, 10.0, 20.0, 200.0])
+    assert qc.window(raw)[0] == 0.0  # raw or min-max: from 0, as before
+    vmin, vmax = qc.window(np.linspace(-90, 140, 1001))  # WhiteStripe's units: WM at 0
+    assert vmin == pytest.approx(-88.85) and vmax == pytest.approx(138.85)

@@ -21,11 +21,11 @@ So every channel's contrast must be known: `CONTRASTS` maps the modality names e
 takes the T1 rule: the package has no contrast-enhanced modality, Shin 2021 normalized its
 contrast-enhanced T1WI with WhiteStripe, and what gadolinium brightens (enhancing tumour,
 vessels, dura) is a small bright tail, partly above the 96th percentile that the T1 rule drops
-before looking for the last peak. Measured on 22 of the 23 BraTS 2018 scans of ../shared/data
-(README, "WhiteStripe"; the 23rd below): the T1c stripe's voxels lie at the T1's own stripe
-(their median T1 WhiteStripe value is -0.3, range -3.3 to 5.9, where the T1's brain spans about
--90 to 140 and its 35th percentile is -14), and they hold a median 0.2% (at most 3.8%)
-enhancing tumour.
+before looking for the last peak. Measured on the BraTS 2018 T1c scans of ../shared/data (21
+cases at 2 mm, 2 of them also at 1 mm; all but the one below): the T1c stripe's voxels lie at
+the T1's own stripe (their median T1 WhiteStripe value is -0.3, range -3.3 to 5.9, where the
+T1's brain spans about -90 to 140 and its 35th percentile is -14), and they hold a median 0.2%
+(at most 3.8%) enhancing tumour.
 
 Intensities quantized to a few hundred levels can leave no voxel strictly between the stripe's
 bounds (the package's rule): one of those T1c scans (206 distinct values in its non-zero region)

@@ -37,6 +37,21 @@ def _planes(image: Image, mask: Image | None):
         yield take(canon.data), (take(m) if m is not None else None), sp[b] / sp[a]
 
 
+def window(data: np.ndarray) -> tuple[float, float]:
+    """The grey-scale window (vmin, vmax) of one image in the QC figure.
+
+    From 0, or from the 0.5th percentile when that is negative (an image normalized by z-score
+    or WhiteStripe, whose white matter is 0), to the 99.5th percentile; the percentiles are of
+    the non-zero voxels, since the air (or what the brain mask removed) sets no contrast.
+    """
+    values = data[data != 0]
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    vmin = min(0.0, float(lo))
+    return vmin, max(float(hi), vmin + 1e-6)
+
+
 def subject_figure(subject: str, rows: Sequence[tuple], path) -> None:
     """Writes the subject's QC PNG.
 
@@ -49,6 +64,8 @@ def subject_figure(subject: str, rows: Sequence[tuple], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    grey = plt.get_cmap("gray").with_extremes(bad="black")
 
     mods = sorted({m for _, images, _, _ in rows for m in images})
     fig, axes = plt.subplots(
@@ -64,10 +81,12 @@ def subject_figure(subject: str, rows: Sequence[tuple], path) -> None:
                 ax.set_axis_off()
             if mod not in images:
                 continue
-            values = images[mod].data[images[mod].data > 0]  # not the air: it sets no contrast
-            vmax = float(np.percentile(values, 99.5)) if values.size else 1.0
+            vmin, vmax = window(images[mod].data)
             for ax, (plane, outline, aspect) in zip(cells, _planes(images[mod], mask), strict=True):
-                ax.imshow(plane, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+                # zeros (air, outside the brain mask) black, whatever the window: after a z-score
+                # or WhiteStripe, 0 is mid-grey
+                shown = np.ma.masked_equal(plane, 0)
+                ax.imshow(shown, cmap=grey, origin="lower", vmin=vmin, vmax=vmax, aspect=aspect)
                 if outline is not None and outline.any():
                     ax.contour(outline.astype(float), [0.5], colors="r", linewidths=0.6)
             cells[0].text(
