@@ -307,7 +307,7 @@ def check_normalization(method: str, names, setting: str, field: str) -> None:
     """
     if method not in geometry.NORMALIZATIONS:
         raise ConfigError(
-            f"{setting}={method!r} is not a normalization: set --{setting}= "
+            f"{setting}={method!r} is not a normalization: set --{setting} to "
             f"{', '.join(geometry.NORMALIZATIONS[:-1])} or {geometry.NORMALIZATIONS[-1]}"
         )
     unknown = [n for n in names if whitestripe.contrast_of(n) is None]
@@ -318,9 +318,9 @@ def check_normalization(method: str, names, setting: str, field: str) -> None:
         by_rule.setdefault(rule, []).append(name)
     known = "; ".join(f"{rule.upper()}: {', '.join(n)}" for rule, n in by_rule.items())
     raise ConfigError(
-        f"{setting}='whitestripe' finds the white matter by each image's contrast, and {field} "
-        f"has {', '.join(map(repr, unknown))}, whose contrast it does not know: name each "
-        f"modality by its contrast ({known}), or set --{setting}=zscore"
+        f"{setting}='whitestripe' finds the white matter by each image's contrast, which it "
+        f"does not know for {', '.join(map(repr, unknown))} (of {field}): name each modality "
+        f"by its contrast ({known}), or set --{setting}=zscore"
     )
 
 

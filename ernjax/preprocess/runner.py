@@ -298,7 +298,7 @@ def preprocess_cohort(
             settings.normalize,
             list(modalities),
             "config.data.preprocess.normalize",
-            f"the modalities (--modalities: {', '.join(modalities)})",
+            f"the modalities {', '.join(modalities)}: --modalities, else config.data.modalities",
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     found, source_dir = _discover(
