@@ -23,6 +23,24 @@ def base_config() -> ml_collections.ConfigDict:
         "flair": "*_flair.nii.gz",
     }
     d.mask_pattern = ""  # glob of a lesion mask, "" for none
+    # "patterns": labels.csv + the globs above; "bids": a BIDS folder (participants.tsv,
+    # sub-<id>/[ses-<s>/]anat/), read by `bids` below instead (ernjax.data.bids says how).
+    d.layout = "patterns"
+    d.bids = ml_collections.ConfigDict(
+        dict(
+            label_column="diagnosis",  # participants.tsv column of the labels ("n/a": none)
+            # "first" / "last": one session per participant (natural order of the labels);
+            # "all": every session its own example, sub-<id>_ses-<s>, a participant's sessions
+            # kept in one split (group_column participant_id); or one label, "02" or "ses-02".
+            session="first",
+            # Modality name -> BIDS query [key-value_]...suffix; a query without ce- never
+            # matches a contrast-enhanced file, so T1w is the plain T1.
+            modalities={"t1": "T1w", "t1c": "ce-*_T1w", "t2": "T2w", "flair": "FLAIR"},
+            mask="",  # BIDS query of the lesion mask, e.g. "label-lesion_mask"; "" for none
+            mask_dir="derivatives/*",  # where the masks' sub-<id>/[ses-<s>/]anat/ are (a glob)
+            run="",  # several runs of a modality: "" stops the subject; "first" or "last"
+        )
+    )
     d.slices_column = ""  # labels.csv column with lesion slice indices ("12;13;14"), "" for none
     # labels.csv values; the position is the class index. Left at this default on a cohort whose
     # labels.csv has exactly two other values, the classes become those two in sorted order

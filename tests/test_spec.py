@@ -17,7 +17,7 @@ import pytest
 import configs.ern
 import configs.resnet3d
 from ernjax.data import records, spec
-from ernjax.data.spec import SampleSpec, SplitSpec
+from ernjax.data.spec import BidsSpec, SampleSpec, SplitSpec
 from ernjax.defaults import base_config
 
 DUMMY = Path(__file__).resolve().parents[1] / "data_builders" / "ernjax_mri" / "dummy_data"
@@ -29,6 +29,8 @@ def changed(name: str, value):
         return next(k for k in spec.KINDS if k != value)
     if name == "roi":
         return next(r for r in spec.ROIS if r != value)
+    if name == "layout":
+        return next(r for r in spec.LAYOUTS if r != value)
     if name == "file":  # split.file: the name hashes the file's content, so it must exist
         return str(DUMMY / "labels.csv")
     if isinstance(value, bool):  # before int: a bool is an int
@@ -67,9 +69,10 @@ def test_every_field_changes_the_dataset_name(base):
     name = records.dataset_name(base, DUMMY)
     cases = variants(base)
     leaves = []
+    nested = {"split": SplitSpec, "bids": BidsSpec}
     for f in dataclasses.fields(SampleSpec):
-        inner = [f"split.{g.name}" for g in dataclasses.fields(SplitSpec)]
-        leaves += inner if f.name == "split" else [f.name]
+        inner = [f"{f.name}.{g.name}" for g in dataclasses.fields(nested.get(f.name, SplitSpec))]
+        leaves += inner if f.name in nested else [f.name]
     assert [p for p, _ in cases] == leaves
     for path, other in cases:
         assert other != base, path
@@ -107,7 +110,7 @@ def test_settings_outside_the_spec_keep_the_name():
 
 def test_default_roi_settings_keep_the_records_name(base):
     # the name of records built before the ROI and group settings existed: to_dict()'s hash then
-    later = {*spec.ROI_DEFAULTS, "group_column"}
+    later = {*spec.ROI_DEFAULTS, "group_column", "layout", "bids"}
     before = {k: v for k, v in base.to_dict().items() if k not in later}
     before["split"] = {k: v for k, v in before["split"].items() if k != "file"}
     assert base.hashed() == before

@@ -42,10 +42,9 @@ from sklearn.preprocessing import StandardScaler
 
 from ernjax import atomic, cli
 from ernjax.baselines import features
-from ernjax.data import cohort as cohort_lib
+from ernjax.data import layouts, samples, splits
 from ernjax.data import prepare as prepare_lib
 from ernjax.data import records as records_lib
-from ernjax.data import samples, splits
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 from ernjax.evaluate import predictions, reporting
@@ -143,13 +142,15 @@ def cohort_features(
         lesion slice of the records that the mask does not touch; also the records' bad input.
     """
     data = config.data
-    if not data.mask_pattern:
+    if not layouts.mask(data):
+        field, example = layouts.mask_field(data), "'*_mask.nii.gz'"
+        if layouts.is_bids(data):
+            example = "label-lesion_mask (the masks' BIDS name)"
         raise InputError(
             "",
             "",
             "the radiomics baseline computes its features inside the lesion mask, and "
-            "config.data.mask_pattern is empty: set it to the masks' glob, e.g. "
-            "--config.data.mask_pattern='*_mask.nii.gz'",
+            f"{field} is empty: set it to the masks' name, e.g. --{field[7:]}={example}",
         )
     info = prepare_lib.prepare(config, workdir)
     recs = records_lib.open_records(info.records_dir)
@@ -171,15 +172,8 @@ def cohort_features(
 
 def _record_subjects(config, workdir, index: dict) -> list:
     """The cohort's `Subject`s that the records hold (under on_error="skip", not the skipped)."""
-    d = config.data
-    found = cohort_lib.find_subjects(
-        prepare_lib.cohort_dir(config, workdir),
-        d.modalities,
-        mask_pattern=d.mask_pattern,
-        slices_column=d.slices_column,
-        classes=d.classes,
-        on_error=d.on_error,
-    )
+    spec = SampleSpec.from_config(config.data)
+    found = layouts.find(prepare_lib.cohort_dir(config, workdir), spec)  # the builder's call
     return [s for s in found.subjects if s.subject_id in index["assignment"]]
 
 

@@ -3,6 +3,8 @@
 check     the config against labels.csv before any work: classes, positive class, channels,
           each split's class counts (`prepare` and the studies call it first)
 cohort    labels.csv + glob patterns -> Subjects (files found, labels checked)
+bids      a BIDS folder (participants.tsv, sub-<id>/[ses-<s>/]anat/) -> the same Subjects
+layouts   config.data.layout: which of the two reads a cohort (`find`), and its label table
 geometry  NIfTI in and out, RAS reorientation, resampling, grids (also for preprocess, gradcam)
 spec      SampleSpec: the settings that decide the examples (the records' cache key) and the
           example schema (keys, TFDS features)

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ernjax.data import cohort as cohort_lib
-from ernjax.data import samples, split_file, splits
+from ernjax.data import layouts, samples, split_file, splits
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 from ernjax.progress import Meter
@@ -139,20 +138,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         cfg, spec = self.builder_config, self.spec
-        cohort = cohort_lib.find_subjects(
-            cfg.cohort_dir,
-            dict(spec.modalities),
-            mask_pattern=spec.mask_pattern,
-            slices_column=spec.slices_column,
-            centre_column=spec.centre_column,
-            classes=spec.classes,
-            on_error=spec.on_error,
-        )
+        cohort = layouts.find(cfg.cohort_dir, spec)  # labels.csv + globs, or BIDS
         if not cohort.subjects:
             raise ValueError(f"cohort {cfg.cohort_dir}: no usable subject")
-        labels_csv = Path(cfg.cohort_dir) / "labels.csv"
+        labels_csv = layouts.labels_file(cfg.cohort_dir, spec)  # or participants.tsv
         # The groups, the split file and the split are checked before the (long) loading.
-        groups = _groups(cohort.subjects, spec.group_column, labels_csv)
+        groups = _groups(cohort.subjects, spec, labels_csv)
         fixed = split_file.read(spec.split.file, spec.split.folds) if spec.split.file else None
         _check_split(cohort.subjects, cohort.skipped, spec, labels_csv, groups, fixed)
         if self._beam_build is not None:  # the pipeline loads the subjects and splits them
@@ -191,16 +182,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             Path(path).unlink(missing_ok=True)  # written: free the disk as the build goes
 
 
-def _groups(subjects, column: str, labels_csv: Path) -> dict[str, str]:
+def _groups(subjects, spec: SampleSpec, labels_csv: Path) -> dict[str, str]:
     """subject_id -> its group: the labels.csv `column` (config.data.group_column), or itself.
 
     Raises:
       InputError: no such column in labels.csv, or a subject with an empty cell there.
     """
+    column = spec.group_column
     if not column:
         return {x.subject_id: x.subject_id for x in subjects}
     if subjects and column not in subjects[0].metadata:
-        found = list(cohort_lib.read_labels(labels_csv)[0])  # the slice, centre columns too
+        found = layouts.columns(labels_csv.parent, spec)  # the slice, centre columns too
         raise InputError(
             "",
             labels_csv,

@@ -1,8 +1,12 @@
 """The config checked against the cohort as a whole, before any work (cohort, records, compile).
 
 `check_config(config)` runs first in `prepare.prepare` (every run, study and baseline) and in
-`studies.runs.shared_data`. It reads labels.csv only (no image), and:
+`studies.runs.shared_data`. It reads labels.csv only (no image; a BIDS cohort's participants.tsv
+and folder names instead, each session an example under session "all"), and:
 
+- `config.data.layout` and, for BIDS, `config.data.bids` (its queries, session and run choice,
+  a mask when the config needs one); with every session its own example it sets
+  `config.data.group_column` to participant_id if no group column is set;
 - reads a comma-separated string given for a tuple field (`--config.data.classes=HGG,LGG`,
   which ml_collections' flag parser leaves as the one element 'HGG,LGG') as the tuple meant;
 - `config.data.classes` against the labels labels.csv holds. The rule for the default classes:
@@ -28,8 +32,8 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
+from ernjax.data import bids, geometry, layouts, split_file, splits, synthetic, whitestripe
 from ernjax.data import cohort as cohort_lib
-from ernjax.data import geometry, split_file, splits, synthetic, whitestripe
 from ernjax.errors import InputError
 
 DEFAULT_CLASSES = ("necrosis", "recurrence")  # ernjax/defaults.py's config.data.classes
@@ -75,8 +79,9 @@ def check_config(config, *, split_counts: bool = True) -> None:
     """
     split_comma_tuples(config)
     d = config.data
-    labels_csv = Path(d.cohort_dir) / "labels.csv" if d.cohort_dir else None
-    rows = _rows(labels_csv)
+    _check_layout(config)
+    labels_csv = layouts.labels_file(d.cohort_dir, d) if d.cohort_dir else None
+    rows = _rows(labels_csv, d)
     if d.cohort_dir and rows is None:
         derived = False  # no cohort or labels.csv yet: find_subjects says so, in its words
     elif rows is None:
@@ -151,11 +156,70 @@ def _value_flag(value) -> str:
     return shlex.quote(str(value))
 
 
+# ----------------------------------------------------------------------------- layout
+def _check_layout(config) -> None:
+    """config.data.layout and, for BIDS, its settings and queries; may set group_column.
+
+    With every session its own example (session "all") and no group column, the group is the
+    participant: two sessions of one patient in train and test would leak the patient.
+
+    Raises:
+      ConfigError: an unknown layout, BIDS without a cohort folder, a BIDS setting or query
+        that is not valid, or a mask that the config needs and BIDS is not told how to find.
+    """
+    d = config.data
+    layout = d.get("layout", "patterns")
+    if layout not in layouts.LAYOUTS:
+        raise ConfigError(
+            f"config.data.layout={layout!r}: expected one of {', '.join(layouts.LAYOUTS)}"
+        )
+    if layout != "bids":
+        return
+    if not d.cohort_dir:
+        raise ConfigError(
+            "config.data.layout='bids' needs a BIDS cohort: set --config.data.cohort_dir (the "
+            "synthetic cohort is not BIDS)"
+        )
+    try:
+        bids.check_settings(d.bids)
+        for name, query in d.bids.modalities.items():
+            bids.parse_query(query, f"config.data.bids.modalities.{name}")
+        if d.bids.mask:
+            bids.parse_query(d.bids.mask, "config.data.bids.mask")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    needs = [
+        w
+        for w, on in (
+            ("data.roi='mask'", d.get("roi") == "mask"),
+            ("data.mask_channel", d.get("mask_channel", False)),
+        )
+        if on
+    ]
+    if needs and not d.bids.mask:
+        raise ConfigError(
+            f"{' and '.join(needs)} needs each subject's lesion mask, and config.data.bids.mask "
+            "is empty: set --config.data.bids.mask to the masks' BIDS name, e.g. "
+            "label-lesion_mask (found under config.data.bids.mask_dir, default derivatives/*, "
+            "in sub-<id>/[ses-<s>/]anat/), or --config.data.roi=brain"
+        )
+    if d.bids.session == "all" and not d.get("group_column", ""):
+        with d.unlocked():
+            d.group_column = "participant_id"
+        logging.info(
+            "config.data.bids.session=all: each session is an example, and a participant's "
+            "sessions stay in one split and fold (config.data.group_column=participant_id)"
+        )
+
+
 # ----------------------------------------------------------------------------- classes
-def _rows(labels_csv: Path | None) -> list[dict] | None:
-    """labels.csv's rows, or None when there is no such file (yet)."""
+def _rows(labels_csv: Path | None, data) -> list[dict] | None:
+    """labels.csv's rows (BIDS: one per example), or None when there is no such file (yet)."""
     if labels_csv is None or not labels_csv.is_file():
         return None
+    if layouts.is_bids(data):
+        # No example at all (a session no participant has): find_subjects names a participant.
+        return bids.label_rows(labels_csv.parent, data.bids) or None
     return cohort_lib.read_labels(labels_csv)
 
 
@@ -242,17 +306,17 @@ def _check_num_classes(config) -> None:
 def _check_modalities(config, *, synthetic_cohort: bool) -> None:
     """Channels and reference among the modalities (errors); unused modalities (a warning)."""
     d = config.data
-    modalities = list(d.modalities)
+    modalities, field = list(layouts.modalities(d)), layouts.modalities_field(d)
     shown = ", ".join(modalities)
     if missing := [c for c in d.channels if c not in modalities]:
         raise ConfigError(
             f"config.data.channels={tuple(d.channels)} names {', '.join(missing)}, which "
-            f"config.data.modalities does not have (it has {shown}): add a glob for it to "
-            "config.data.modalities or leave it out of config.data.channels"
+            f"{field} does not have (it has {shown}): add it to {field} or leave it out of "
+            "config.data.channels"
         )
     if d.reference not in modalities:
         raise ConfigError(
-            f"config.data.reference={d.reference!r} is not one of config.data.modalities "
+            f"config.data.reference={d.reference!r} is not one of {field} "
             f"({shown}): set --config.data.reference to one of them"
         )
     if config.model.name == RADIOMICS:
@@ -261,16 +325,15 @@ def _check_modalities(config, *, synthetic_cohort: bool) -> None:
     if unused and not synthetic_cohort:  # the demo cohort holds every modality anyway
         names = ", ".join(unused)
         _warn(
-            f"config.data.modalities has {names}, which config.data.channels="
+            f"{field} has {names}, which config.data.channels="
             f"{tuple(d.channels)} leaves out: every subject must still have the file, but the "
             f"network does not see it. To use it: --config.data.channels="
-            f"{tuple_flag((*d.channels, *unused))}; to not require it, leave it out of "
-            "config.data.modalities"
+            f"{tuple_flag((*d.channels, *unused))}; to not require it, leave it out of {field}"
         )
     mask_unused = d.kind == "volumes3d" and d.get("roi", "brain") == "brain"
-    if d.mask_pattern and mask_unused and not d.get("mask_channel", False):
+    if layouts.mask(d) and mask_unused and not d.get("mask_channel", False):
         _warn(
-            f"config.data.mask_pattern={d.mask_pattern!r}: for volumes3d with "
+            f"{layouts.mask_field(d)}={layouts.mask(d)!r}: for volumes3d with "
             "config.data.roi='brain' every subject must have the mask, but the volumes do not "
             "depend on it (the radiomics baseline reads it). --config.data.roi=mask centres a "
             "box of roi_size_mm on the lesion; --config.data.mask_channel=True adds the mask as "
@@ -328,7 +391,7 @@ def check_normalization(method: str, names, setting: str, field: str) -> None:
 def _split_counts(config, rows, labels_csv: Path) -> None:
     """Logs each split's class counts (from labels.csv) and warns about small ones."""
     d = config.data
-    subjects = _splittable(rows, labels_csv.parent, d.classes)
+    subjects = _splittable(rows, labels_csv.parent, d)
     column = d.get("group_column", "")
     if not subjects or (column and any(not r.get(column) for r in subjects)):
         return  # no subject, or groups the builder refuses in its words
@@ -393,11 +456,14 @@ def _problem(labels, classes, s) -> str:
         return ""
 
 
-def _splittable(rows, cohort: Path, classes) -> list[dict]:
+def _splittable(rows, cohort: Path, data) -> list[dict]:
     """The rows the builder would split: a label among the classes, a folder, listed once."""
-    folders = {unicodedata.normalize("NFC", p.name) for p in cohort.iterdir() if p.is_dir()}
+    if layouts.is_bids(data):  # `bids.label_rows` gives only examples with a folder
+        folders = {r["subject_id"] for r in rows}
+    else:
+        folders = {unicodedata.normalize("NFC", p.name) for p in cohort.iterdir() if p.is_dir()}
     seen = Counter(r["subject_id"] for r in rows)
-    names = {str(c) for c in classes}
+    names = {str(c) for c in data.classes}
     return [
         r
         for r in rows

@@ -185,7 +185,7 @@ def _utf8_text(path: Path) -> str:
         raise InputError(
             cell.decode("utf-8", "backslashreplace").strip(),
             path,
-            f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save labels.csv as "
+            f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save {path.name} as "
             "UTF-8 (Excel: 'CSV UTF-8')",
         ) from None
 

@@ -288,7 +288,7 @@ def _check_needs_mask(subject, spec: SampleSpec) -> None:
             subject.subject_id,
             next(iter(subject.files.values())).parent,
             f"{' and '.join(needs)} {verb} a lesion mask, and this subject has none (set "
-            "data.mask_pattern; for predict, pass --mask)",
+            "data.mask_pattern, for a BIDS cohort data.bids.mask; for predict, pass --mask)",
         )
 
 
@@ -333,11 +333,15 @@ def roi_centre(subject, spec: SampleSpec, lesion, affine: np.ndarray) -> np.ndar
 def _labels_csv(subject, otherwise="--centre"):
     """The cohort's labels.csv (beside the subject's folder), for messages; else `otherwise`.
 
-    A new patient's centre (predict) comes from the `--centre` flag, not from a labels.csv.
+    A BIDS cohort's is participants.tsv, beside the participant's folder. A new patient's
+    centre (predict) comes from the `--centre` flag, not from a labels.csv.
     """
+    pid = subject.metadata.get("participant_id")
     for folder in next(iter(subject.files.values())).parents:
         if folder.name == subject.subject_id and (folder.parent / "labels.csv").is_file():
             return folder.parent / "labels.csv"
+        if folder.name == pid and (folder.parent / "participants.tsv").is_file():
+            return folder.parent / "participants.tsv"
     return otherwise
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 KINDS = ("slices2d", "volumes3d")
+LAYOUTS = ("patterns", "bids")  # config.data.layout (ernjax.data.layouts)
 ROIS = ("brain", "mask", "centre")  # config.data.roi (ernjax/defaults.py says what each is)
 # The ROI settings, and their values before they existed: at these values they are left out of
 # the records' name (`hashed`), so records built before keep their name.
@@ -83,6 +84,20 @@ class SplitSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class BidsSpec:
+    """`config.data.bids` less its queries (those are the spec's `modalities`, `mask_pattern`)."""
+
+    label_column: str = "diagnosis"  # participants.tsv column of the labels
+    session: str = "first"  # "first", "last", "all" or a session label (ernjax.data.bids)
+    mask_dir: str = "derivatives/*"  # folder (a glob, relative to the cohort) of the masks
+    run: str = ""  # "", "first" or "last": which of several runs (ernjax.data.bids)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, str(getattr(self, f.name)))
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleSpec:
     """Every `config.data` setting that changes the records (the fields as in ernjax/defaults.py).
 
@@ -108,10 +123,16 @@ class SampleSpec:
     centre_column: str = ROI_DEFAULTS["centre_column"]
     mask_channel: bool = ROI_DEFAULTS["mask_channel"]
     group_column: str = ""  # labels.csv column whose equal values split together ("" = none)
+    # "bids": the cohort is BIDS (`bids` says how), and `modalities` / `mask_pattern` hold the
+    # BIDS queries of config.data.bids instead of globs (`from_config`).
+    layout: str = "patterns"
+    bids: BidsSpec = BidsSpec()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"data.kind {self.kind!r}: expected one of {KINDS}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"data.layout {self.layout!r}: expected one of {LAYOUTS}")
         if self.roi not in ROIS:
             raise ValueError(f"data.roi {self.roi!r}: expected one of {ROIS}")
         if len(self.roi_size_mm) != 3 or min(float(s) for s in self.roi_size_mm) <= 0:
@@ -128,6 +149,9 @@ class SampleSpec:
             spacing=tuple(float(s) for s in self.spacing),
             shape=tuple(int(n) for n in self.shape),
             split=split,
+            bids=self.bids
+            if isinstance(self.bids, BidsSpec)
+            else BidsSpec(**_pick(BidsSpec, self.bids)),
             roi_size_mm=tuple(float(s) for s in self.roi_size_mm),
             mask_channel=bool(self.mask_channel),
         )
@@ -151,7 +175,13 @@ class SampleSpec:
         """
         if isinstance(data, cls):
             return data
-        return cls(**_pick(cls, data))
+        values = _pick(cls, data)
+        queries = data["bids"] if "bids" in data else {}
+        if values.get("layout") == "bids" and "modalities" in queries:
+            # config.data itself (not a stored spec): the BIDS queries are the modalities.
+            values["modalities"] = dict(queries["modalities"])
+            values["mask_pattern"] = str(queries["mask"])
+        return cls(**values)
 
     def to_dict(self) -> dict:
         """The spec as plain JSON values (lists, `modalities` and `split` as dicts).
@@ -167,12 +197,13 @@ class SampleSpec:
     def hashed(self) -> dict:
         """`to_dict` less the fields added later, where at their defaults: what the name hashes.
 
-        Those are the ROI fields, `group_column` and `split.file`. Every other value is kept,
-        so that any change of any field changes the name, while the default settings keep the
-        name they had before those fields existed.
+        Those are the ROI fields, `group_column`, `layout`, `bids` and `split.file`. Every
+        other value is kept, so that any change of any field changes the name, while the
+        default settings keep the name they had before those fields existed.
         """
         d = self.to_dict()
-        for name, default in {**ROI_DEFAULTS, "group_column": ""}.items():
+        later = {**ROI_DEFAULTS, "group_column": "", "layout": "patterns", "bids": BidsSpec()}
+        for name, default in later.items():
             if getattr(self, name) == default:
                 del d[name]
         if not self.split.file:

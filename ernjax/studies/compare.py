@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ernjax import atomic
+from ernjax.data import layouts
 from ernjax.evaluate import predictions, readers, reporting, stats
 from ernjax.evaluate.scoring import ScoringPolicy
 from ernjax.studies import repeat, runs
@@ -68,11 +69,11 @@ def run(config, workdir, models, channel_sets, reference: str = "", all_pairs=Fa
     models = list(models) or [config.model.name]
     channel_sets = list(channel_sets) or [tuple(config.data.channels)]
     for chans in channel_sets:
-        unknown = set(chans) - set(config.data.modalities)
-        if unknown:
+        have = layouts.modalities(config.data)  # the globs, or the BIDS queries
+        if unknown := set(chans) - set(have):
             raise ValueError(
-                f"channel set {chans}: {sorted(unknown)} not in config.data.modalities "
-                f"{sorted(config.data.modalities)}"
+                f"channel set {chans}: {sorted(unknown)} not in "
+                f"{layouts.modalities_field(config.data)} {sorted(have)}"
             )
     names = [run_name(m, chans) for m in models for chans in channel_sets]
     ref = resolve_reference(reference, names)  # before any training: a typo fails at once
