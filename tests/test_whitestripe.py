@@ -164,6 +164,10 @@ def test_the_config_check_refuses_a_contrast_whitestripe_does_not_know():
     with pytest.raises(check.ConfigError, match=r"config.data.normalize='white' is not a norm"):
         check.check_config(_config(normalize="white"))
     check.check_config(_config(normalize="whitestripe", channels=MODS))  # all four are known
+    radiomics = _config(normalize="whitestripe", modalities=mods, channels=("t1",))
+    radiomics.model.name = "radiomics"  # its features normalize every modality, channel or not
+    with pytest.raises(check.ConfigError, match=r"'adc' \(of config.data.modalities: the radi"):
+        check.check_config(radiomics)
 
 
 def test_preprocessing_refuses_an_unknown_contrast_before_any_work(tmp_path):

@@ -349,8 +349,8 @@ def _check_normalize(config) -> None:
     """
     d = config.data
     if config.model.name == RADIOMICS:
-        modalities = d.bids.modalities if d.get("layout", "patterns") == "bids" else d.modalities
-        names, field = list(modalities), "the modalities (the radiomics baseline uses them all)"
+        names = list(layouts.modalities(d))
+        field = f"{layouts.modalities_field(d)}: the radiomics baseline uses them all"
     else:
         names, field = list(d.channels), f"config.data.channels={tuple(d.channels)}"
     check_normalization(d.normalize, names, "config.data.normalize", field)
