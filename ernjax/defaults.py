@@ -117,7 +117,13 @@ def base_config() -> ml_collections.ConfigDict:
         dict(enabled=True, flip=True, rotate_deg=10.0, scale=0.1, intensity=0.1)
     )
     d.worker_count = 0  # Grain worker processes (0 = in the main process)
-    d.build_workers = 0  # processes loading subjects while building records (0 = all cores)
+    # Processes loading subjects while building records (the same records with any number);
+    # 1: the build process alone. 0: the free cores (those the 1-minute load average leaves),
+    # when the first two subjects' time says a pool saves more than the ~1.5 s its workers take
+    # to start, else 1 (ernjax.data.loading). From benchmarks/results/build_workers.md, on a
+    # 2-core machine that other work kept busy (load 8): 2 workers loaded 0.58-0.97x the
+    # subjects/s of 1 on all four cohorts; the default stayed in one process there.
+    d.build_workers = 0
     # The synthetic cohort (ernjax.data.synthetic), used when cohort_dir is "".
     d.synthetic = ml_collections.ConfigDict(
         dict(subjects=60, seed=0, difficulty=0.5, recurrence_fraction=0.66, slice_thickness=0.0)

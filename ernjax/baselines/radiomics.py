@@ -190,7 +190,7 @@ def _map(fn, jobs, workers: int) -> list:
     saved = len(rest) * (time.perf_counter() - start) * (1 - 1 / max(workers, 1))
     if workers <= 1 or saved < WORKER_START_SECONDS:
         return done + [fn(*job) for job in rest]
-    # spawn, not fork: the parent runs JAX threads (see ernjax.data.builder._worker_pool)
+    # spawn, not fork: the parent runs JAX threads (see ernjax.data.loading.pool)
     context = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
         return done + list(pool.map(fn, *zip(*rest, strict=True)))

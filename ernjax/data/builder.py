@@ -12,24 +12,21 @@ features), the cohort folder and the worker count, so one builder serves any coh
 atomically. Images are float16, zlib-compressed (no visible loss on [0, 1] data). Nothing here
 imports TensorFlow.
 
-Every subject is loaded once, in parallel worker processes, before the split is made: a subject
-that fails to load (on_error="skip") is then simply not in the cohort that is split, and a split
-that would lack a class stops the build with a message saying what to change.
+Every subject is loaded once, in parallel worker processes (`ernjax.data.loading`), before the
+split is made: a subject that fails to load (on_error="skip") is then simply not in the cohort
+that is split, and a split that would lack a class stops the build with a message saying what to
+change.
 """
 
 import concurrent.futures as cf
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
-import os
-import threading
+import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from ernjax.data import layouts, samples, split_file, splits
+from ernjax.data import layouts, loading, split_file, splits
 from ernjax.data.spec import SampleSpec
 from ernjax.errors import InputError
 from ernjax.progress import Meter
@@ -46,7 +43,8 @@ class ErnjaxMriConfig(tfds.core.BuilderConfig):
     Attributes:
       spec: `SampleSpec.to_dict()`, the settings that decide the examples.
       cohort_dir: the cohort folder (labels.csv + one folder per subject).
-      build_workers: processes loading subjects (0 = all cores); the records are the same.
+      build_workers: processes loading subjects (0 = the free cores if that pays: `_load_all`);
+        the records are the same.
     """
 
     def __init__(self, *, spec: dict, cohort_dir: str, build_workers: int = 0, **kwargs):
@@ -148,7 +146,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         _check_split(cohort.subjects, cohort.skipped, spec, labels_csv, groups, fixed)
         if self._beam_build is not None:  # the pipeline loads the subjects and splits them
             return self._beam_build.split_generators(cohort, labels_csv, groups, fixed)
-        workers = int(cfg.build_workers or os.cpu_count() or 1)
+        workers = int(cfg.build_workers)  # 0: chosen as the subjects load (_load_all)
         folder = Path(dl_manager.download_dir) / "subjects"
         loaded, skipped = _load_all(cohort.subjects, spec, folder, workers)
         # The split is made on the subjects that loaded, as if the skipped ones were not in the
@@ -176,7 +174,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, files):
         for path in filter(None, files):
-            for ex in _read_examples(path):
+            for ex in loading.read_examples(path):
                 key = ex["subject_id"] + (f"/{ex['slice']:05d}" if "slice" in ex else "")
                 yield key, ex
             Path(path).unlink(missing_ok=True)  # written: free the disk as the build goes
@@ -269,32 +267,17 @@ def _check_file_split(subjects, spec: SampleSpec, fixed: dict) -> None:
             )
 
 
-def _write_examples(subject, spec: SampleSpec, path: str) -> str:
-    """Loads one subject and saves its examples to `path` (.npz, one array per feature).
-
-    Returns:
-      `path`, or "" when the subject gives no example (nothing is written).
-    """
-    examples = samples.examples(subject, spec)
-    if not examples:
-        return ""
-    # Not compressed: the file lives only until the records are written (TFDS compresses those).
-    np.savez(path, **{k: np.stack([ex[k] for ex in examples]) for k in examples[0]})
-    return path
-
-
-def _read_examples(path: str) -> list[dict]:
-    """The examples `_write_examples` saved, with Python scalars as `samples.examples` gives."""
-    with np.load(path) as arrays:
-        columns = {k: arrays[k] for k in arrays.files}
-    n = len(columns["subject_id"])
-    return [{k: v[i].item() if v.ndim == 1 else v[i] for k, v in columns.items()} for i in range(n)]
-
-
 def _load_all(
     subjects, spec: SampleSpec, folder: Path, workers: int
 ) -> tuple[dict[str, str], list[dict]]:
     """Loads every subject once, in parallel processes, into one file each under `folder`.
+
+    Args:
+      subjects: the cohort's Subjects, in order.
+      spec: the SampleSpec of the examples.
+      folder: where the files go (one .npz per subject).
+      workers: processes loading subjects (1: the build process itself); 0: every free core,
+        if the time of the first subjects, loaded here, says a pool pays (`loading`).
 
     Returns:
       ({subject_id: file} of the subjects that loaded, one {"subject_id", "path", "problem"}
@@ -307,10 +290,9 @@ def _load_all(
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(x, spec, str(folder / f"{i:05d}.npz")) for i, x in enumerate(subjects)]
     loaded, skipped = {}, []
-    logging.info("records: loading %d subjects with %d workers", len(jobs), min(workers, len(jobs)))
     meter = Meter("records: subjects loaded", len(jobs), unit="subject")
-    with meter, _worker_pool(min(workers, len(jobs))) as pool:
-        for (subject, _, _), outcome in zip(jobs, _outcomes(pool, jobs, meter), strict=True):
+    with meter, contextlib.closing(_outcomes(jobs, workers, meter)) as outcomes:
+        for (subject, _, _), outcome in zip(jobs, outcomes, strict=True):
             if not isinstance(outcome, InputError):
                 loaded[subject.subject_id] = outcome
                 continue
@@ -327,56 +309,81 @@ def _load_all(
     return loaded, skipped
 
 
-def _outcomes(pool, jobs, meter: Meter):
-    """Yields `_write_examples(*job)` or the InputError it raised, in job order.
+def _outcomes(jobs, workers: int, meter: Meter):
+    """Yields `loading.write_examples(*job)` or the InputError it raised, in job order.
 
-    Without a pool each job runs here when its outcome is asked for, so an error stops the
-    build before the next subject is loaded. `meter` counts each subject as it finishes, in
-    whatever order the workers finish them.
+    Jobs run here, one when its outcome is asked for (so an error stops the build before the
+    next subject is loaded), or in a pool of `workers` processes (`_load_all` says which).
+    `meter` counts each subject as it finishes, in whatever order the workers finish them.
     """
-    futures = [pool.submit(_write_examples, *job) for job in jobs] if pool else None
-    for f in futures or ():
-        # Runs in the pool's thread; a job cancelled at shutdown (after an error) is not done.
-        f.add_done_callback(lambda f: f.cancelled() or meter.update())
-    for i, job in enumerate(jobs):
-        try:
-            outcome = futures[i].result() if futures else _write_examples(*job)
-        except InputError as e:
-            outcome = e
-        if not futures:
+    first = 0
+    if workers == 0:  # the default: time the first subjects here, then choose
+        cores = loading.free_cores()
+        first = len(jobs) if cores == 1 else min(loading.TIMED_SUBJECTS, len(jobs))
+        if cores == 1:  # one core, or the others busy: a pool would only add its start-up
+            logging.info("records: loading %d subjects with 1 workers (1 core free)", len(jobs))
+        else:
+            logging.info(
+                "records: loading %d subjects (the first %d here, timed to choose the workers)",
+                len(jobs),
+                first,
+            )
+        took = 0.0
+        for job in jobs[:first]:
+            start = time.perf_counter()
+            outcome = _outcome(job)
+            took = time.perf_counter() - start
             meter.update()
-        yield outcome
+            yield outcome
+        workers = loading.workers_that_pay(cores, len(jobs) - first, took)
+        if first < len(jobs):
+            logging.info(
+                "records: the other %d subjects with %d workers (%.2f s a subject here)",
+                len(jobs) - first,
+                workers,
+                took,
+            )
+    else:
+        logging.info(
+            "records: loading %d subjects with %d workers", len(jobs), min(workers, len(jobs))
+        )
+    rest = jobs[first:]
+    with loading.pool(min(workers, len(rest))) as pool:
+        if pool is None:
+            for job in rest:
+                outcome = _outcome(job)
+                meter.update()
+                yield outcome
+            return
+        futures = [pool.submit(loading.write_examples, *job) for job in rest]
+        for f in futures:
+            # Runs in the pool's thread; a job cancelled (taken back, or at shutdown after an
+            # error) is not done.
+            f.add_done_callback(lambda f: f.cancelled() or meter.update())
+        here = _while_starting(rest, futures, min(workers, len(rest)), meter)
+        for i, job in enumerate(rest):
+            yield here[i] if i in here else _outcome(job, futures[i])
 
 
-@contextlib.contextmanager
-def _worker_pool(workers: int):
-    """A process pool of `workers` (None for 1), shut down without running what is still queued.
+def _while_starting(jobs, futures, workers: int, meter: Meter) -> dict:
+    """Loads subjects here while the pool starts: {job index: outcome} of those loaded here.
 
-    Spawned, not forked: the parent may already run JAX threads, which fork can deadlock. Each
-    worker exits when the build process dies (killed, out of memory), instead of living on,
-    blocked on a pipe nobody reads.
+    Workers take a second or more to start (`loading.WORKER_START_SECONDS`), in which this
+    process would only wait. It takes jobs back from the end of the queue, one at a time, until
+    a worker has finished one; the first `workers` jobs are always left to the workers.
     """
-    if workers <= 1:
-        yield None
-        return
-    pool = cf.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
-    )
+    here = {}
+    for i in range(len(jobs) - 1, workers - 1, -1):
+        if any(f.done() for f in futures[:workers]) or not futures[i].cancel():
+            break
+        here[i] = _outcome(jobs[i])
+        meter.update()
+    return here
+
+
+def _outcome(job, future: cf.Future | None = None):
+    """`loading.write_examples(*job)`, or the future's result, or the InputError raised."""
     try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _exit_with_parent() -> None:
-    """Worker initializer: a thread that ends this process as soon as its parent is gone."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch():
-        # The sentinel is a pipe that only the parent holds open: it reads EOF when it dies.
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+        return future.result() if future else loading.write_examples(*job)
+    except InputError as e:
+        return e

@@ -26,7 +26,6 @@ import json
 from collections.abc import Mapping
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 KINDS = ("slices2d", "volumes3d")
 LAYOUTS = ("patterns", "bids")  # config.data.layout (ernjax.data.layouts)
@@ -235,6 +234,10 @@ class SampleSpec:
         Images are float16 Tensors, zlib-compressed: an `Image` feature would encode through
         TensorFlow, which ernjax never imports.
         """
+        # Imported here: the records build's worker processes import this module and never
+        # need TFDS (half a second each; ernjax.data.loading).
+        import tensorflow_datasets as tfds
+
         where = (
             np.int32
             if self.kind == "slices2d"
