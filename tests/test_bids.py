@@ -419,3 +419,13 @@ def test_tiny_training_on_a_bids_cohort_with_sessions(bids_cohort, tmp_path):
     with open(tmp_path / "predictions_test.csv", newline="") as fh:
         tested = {r["subject_id"] for r in csv.DictReader(fh)}
     assert tested == {r["subject_id"] for r in split if r["split"] == "test"}
+
+
+def test_the_reports_grad_cam_finds_each_bids_example_by_its_id(cohort):
+    # report.html draws Grad-CAM of test subjects by ID: a BIDS example is no one folder
+    from ernjax.evaluate import run_report
+
+    found = run_report._bids_subjects(bids_config(cohort, session="all"), cohort)
+    s = found["sub-01_ses-10"]
+    assert s.files["t1"].name == "sub-01_ses-10_T1w.nii.gz" and s.mask.name.endswith("mask.nii.gz")
+    assert run_report._bids_subjects(configs.ern.get_config("tiny"), cohort) is None

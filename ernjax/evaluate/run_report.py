@@ -284,10 +284,16 @@ def _gradcam(workdir: Path, test, n: int) -> list[dict] | str:
         if run.config.data.get("roi", "brain") == "centre":
             return "the run's ROI is a reader's lesion centre, which the report does not have"
         cohort = _cohort_folder(run.config, workdir)
+        found = _bids_subjects(run.config, cohort)
         reports = []
         for k, sid in enumerate(chosen, 1):
             logging.info("report: Grad-CAM of test subject %s (%d of %d)...", sid, k, len(chosen))
-            subject = inference.make_subject(run, sid, {}, subject_dir=cohort / sid)
+            if found is None:
+                subject = inference.make_subject(run, sid, {}, subject_dir=cohort / sid)
+            else:  # a BIDS example is no one folder: its files as the records' build found them
+                if sid not in found:
+                    raise InputError(sid, cohort, "not in the BIDS cohort any more")
+                subject = inference.make_subject(run, sid, found[sid].files, mask=found[sid].mask)
             out = workdir / GRADCAM_DIR / sid
             report = inference.predict(run, subject, out, cam=True, max_pngs=2)
             report["label"] = test.class_names[label_of[sid]]
@@ -314,6 +320,17 @@ def _cams_to_tensorboard(workdir: Path, cams: list[dict], step) -> None:
 
 def _cohort_folder(config, workdir: Path) -> Path:
     return Path(config.data.cohort_dir) if config.data.cohort_dir else workdir / "synthetic_cohort"
+
+
+def _bids_subjects(config, cohort: Path) -> dict | None:
+    """subject_id -> Subject of a BIDS cohort (config.data.layout); None for the glob layout."""
+    from ernjax.data import layouts
+    from ernjax.data.spec import SampleSpec
+
+    if not layouts.is_bids(config.data):
+        return None
+    found = layouts.find(cohort, SampleSpec.from_config(config.data), on_error="skip")
+    return {s.subject_id: s for s in found.subjects}
 
 
 def _gradcam_section(cams) -> str:
