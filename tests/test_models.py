@@ -162,6 +162,8 @@ def test_depthwise_fast_path_equals_lax(shape, kernel, stride, padding):
         ((2, 6, 6, 6, 4), (1, 1, 1), 2, [(0, 0)] * 3),  # type-B shortcut (a dot)
         ((2, 6, 6, 6, 4), (1, 1, 1), 1, "VALID"),  # DenseNet's bottleneck (a dot)
         ((1, 8, 7, 6, 2), (3, 1, 5), 2, "SAME"),  # anisotropic kernel, TF padding
+        ((2, 9, 8, 7, 2), (7, 7, 7), 1, [(3, 3)] * 3),  # ResNet's 7^3 stem: FFT weight gradient
+        ((1, 7, 6, 9, 2), (5, 6, 5), 1, [(2, 2), (0, 5), (4, 1)]),  # FFT, uneven padding
     ],
 )
 def test_3d_fast_path_equals_lax(shape, kernel, stride, padding):
@@ -194,6 +196,22 @@ def _check_fast_path_equals_lax(shape, kernel_shape, stride, padding, groups):
         np.testing.assert_allclose(g_fast, g_ref, rtol=1e-4, atol=1e-4)
 
 
+def test_stem_weight_gradient_takes_the_fft_only_where_it_pays():
+    from ernjax.models.cpu_fast_paths import channels_last_numbers
+    from ernjax.models.layers import conv_general_dilated
+
+    def grad_hlo(shape, kernel_shape, stride):
+        kw = dict(dimension_numbers=channels_last_numbers(5))
+        f = jax.grad(lambda w: conv_general_dilated(x, w, (stride,) * 3, "SAME", **kw).sum())
+        x = rand(*shape)
+        return jax.jit(f).lower(rand(*kernel_shape, seed=1)).as_text()
+
+    assert "stablehlo.fft" in grad_hlo((1, 8, 8, 8, 4), (7, 7, 7, 4, 8), 1)  # ResNet stem
+    assert "stablehlo.fft" not in grad_hlo((1, 8, 8, 8, 4), (7, 7, 7, 4, 8), 2)  # strided
+    assert "stablehlo.fft" not in grad_hlo((1, 8, 8, 8, 4), (3, 3, 3, 4, 8), 1)  # small kernel
+    assert "stablehlo.fft" not in grad_hlo((1, 8, 8, 8, 16), (7, 7, 7, 16, 8), 1)  # wide input
+
+
 def _takes_fast_path(hlo, kernel_shape, groups):
     """No convolution left (depthwise, 1x1), or only 2D ones (3D)."""
     if groups > 1 or set(kernel_shape[:-2]) == {1}:
@@ -206,6 +224,7 @@ _FAST_CASES = [
     ((2, 9, 8, 7, 3), (3, 3, 3, 3, 5), 2, [(1, 1)] * 3, 1),  # 3D conv as 2D
     ((2, 9, 9, 4), (3, 3, 1, 4), 2, "SAME", 4),  # depthwise as slices
     ((2, 6, 6, 6, 4), (1, 1, 1, 4, 5), 2, [(0, 0)] * 3, 1),  # 1x1 as a dot
+    ((1, 7, 6, 5, 2), (5, 5, 5, 2, 3), 1, [(2, 2)] * 3, 1),  # stem with the FFT weight gradient
 ]
 
 
