@@ -1,10 +1,13 @@
-"""Shared test setup: 4 fake CPU devices, the real-data folder, a persistent compilation cache."""
+"""Shared test setup: 4 fake CPU devices, the real-data folder, one persistent compilation cache."""
 
 import os
+import tempfile
 from pathlib import Path
 
 # Must happen before JAX initialises its backends: the parallel tests shard over these 4 devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Set before any ernjax module is imported: `--compilation_cache_dir` takes its default from it.
+os.environ["ERNJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="ernjax-tests-jax-cache-")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -23,13 +26,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for one test module (and its subprocesses), reset afterwards.
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache():
+    """One persistent compilation cache for the whole test session, its subprocesses included.
 
-    Each program then compiles once per module, however many runs of it the tests train.
+    Many tests train the same tiny configs; each program then compiles once per session instead of
+    once per test or module. Subprocesses (the command-line tests) and in-process commands find it
+    through $ERNJAX_CACHE_DIR, the default of every command's `--compilation_cache_dir`, so no test
+    writes to the user's ~/.cache.
     """
-    path = tmp_path_factory.mktemp("jax_cache")
+    path = Path(os.environ["ERNJAX_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.set_cache_dir(str(path))
     compilation_cache.reset_cache()

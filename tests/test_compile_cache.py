@@ -8,6 +8,7 @@ from ernjax import compile_cache
 
 
 def test_a_program_compiled_once_is_read_back(tmp_path, monkeypatch):
+    session_cache = jax.config.jax_compilation_cache_dir  # conftest.py's, restored below
     hits = []
     jax.monitoring.register_event_listener(
         lambda name, **kw: hits.append(name) if "cache_hits" in name else None
@@ -27,8 +28,7 @@ def test_a_program_compiled_once_is_read_back(tmp_path, monkeypatch):
         assert hits  # read back, not compiled again
     finally:
         compilation_cache.reset_cache()
-        jax.config.update("jax_compilation_cache_dir", None)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_compilation_cache_dir", session_cache)
 
 
 def test_an_empty_folder_name_leaves_the_cache_off(tmp_path):
