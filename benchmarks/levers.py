@@ -21,6 +21,7 @@ Levers (issue 19 item 4), each at the kernel level and, where it changes the mod
 - `remat`: `jax.checkpoint` policies around the resnet10 stem (conv, BatchNorm, ReLU).
 - `bn_fold`: BatchNorm folded into the preceding conv (kernel scaled, bias added) for the
   resnet10 eval step.
+- `monai`: the shipped train step of each model beside MONAI's (the ratio at this load).
 - `profile`: where the densenet121 and ern_b1 train steps spend their time, by XLA op, from
   `jax.profiler`'s trace, beside `torch.profiler`'s for the MONAI step.
 
@@ -621,6 +622,12 @@ def _profile_row(name, variant, total, top):
     print(ROWS[-1], flush=True)
 
 
+def lever_monai():
+    """The shipped ernjax step of each model beside MONAI's, interleaved (the ratio now)."""
+    for name in CASES:
+        _step_lever("ernjax against MONAI", name, {"shipped": None})
+
+
 def main(argv):
     del argv
     jax.config.update("jax_enable_compilation_cache", False)
@@ -631,6 +638,7 @@ def main(argv):
         "remat": lever_remat,
         "bn_fold": lever_bn_fold,
         "profile": lever_profile,
+        "monai": lever_monai,
     }
     columns = ["lever", "level", "variant", "median ms", "min ms", "max ms", "n", "before/after",
                "clears", "rounds faster", "note"]  # fmt: skip
