@@ -54,8 +54,8 @@ NOTE = """
 subjects_per_s: median of the runs, with their min and max; wall_s: the median build time. "all"
 is measured as its number of cores ({cores} here: rows 1 and 2 only). cpu_s_per_subject counts
 the build process and its workers. load: the 1-minute load average during the builds (median
-{load:.1f}): a load at or above the cores means other work held them: workers then queue for the cores
-with the build, and their start-up is CPU time added.
+{load:.1f}): a load at or above the cores means other work held them: workers then queue for
+the cores with the build, and their start-up is CPU time added.
 """
 COLUMNS = [
     "cohort", "build_workers", "workers", "subjects", "examples", "subjects_per_s",
