@@ -120,9 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Processes loading subjects while building records (the same records with any number);
     # 1: the build process alone. 0: the free cores (those the 1-minute load average leaves),
     # when the first two subjects' time says a pool saves more than the ~1.5 s its workers take
-    # to start, else 1 (ernjax.data.loading). From benchmarks/results/build_workers.md, on a
-    # 2-core machine that other work kept busy (load 8): 2 workers loaded 0.58-0.97x the
-    # subjects/s of 1 on all four cohorts; the default stayed in one process there.
+    # to start, else 1 (ernjax.data.loading). Chosen from benchmarks/results/build_workers.md
+    # (2-core CPU): idle, 2 workers loaded 1.6x the subjects/s of 1 on the embedded cohort,
+    # 1.2x on BraTS 2 mm 2D, 1.1x on 3D and 0.9x on the 12-subject tiny cohort (1.5 s in all);
+    # kept busy by other work (load 8), 0.6-1.0x on all four. The default follows both.
     d.build_workers = 0
     # The synthetic cohort (ernjax.data.synthetic), used when cohort_dir is "".
     d.synthetic = ml_collections.ConfigDict(

@@ -45,16 +45,18 @@ def free_cores() -> int:
 
     On a machine whose cores are all busy, worker processes do not run beside the build: they
     take turns with it and the other work, and their start-up is added CPU time. A pool of 2 on
-    a shared 2-core machine at a load of 10-13 loaded subjects at half the serial speed
-    (benchmarks/results/build_workers.md). The build process is running, so one unit of the
-    load may be its own.
+    a shared 2-core machine at a load of 8-13 loaded subjects at 0.6-1.0x the serial speed;
+    on the same machine idle, at 1.1-1.6x (benchmarks/results/build_workers.md). One unit of the
+    load is the build process itself, and only whole units beyond it count as other work: on
+    an idle machine the build's own imports and first subjects lift the 1-minute average to
+    1.3-1.6, which must still leave every core free.
     """
     cores = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
     except OSError:  # no load average on this system
         return cores
-    return max(1, min(cores, round(cores + 1 - load)))
+    return max(1, min(cores, cores - int(max(0.0, load - 1.0))))
 
 
 def workers_that_pay(cores: int, remaining: int, seconds_per_subject: float) -> int:
