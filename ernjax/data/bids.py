@@ -289,8 +289,8 @@ def find_subjects(
         such column.
       ValueError: a query or setting that is not valid (the config check says so first).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    subjects, skipped, several = [], [], 0
+    fail = cohort_lib.failure_policy(on_error, skipped)
     check_settings(settings)
     queries = {m: parse_query(q, f"config.data.bids.modalities.{m}") for m, q in modalities.items()}
     mask_query = parse_query(mask, "config.data.bids.mask") if mask else None
@@ -307,15 +307,7 @@ def find_subjects(
     by_id: dict[str, list[dict]] = {}
     for row in rows:
         by_id.setdefault(row["participant_id"], []).append(row)
-    subjects, skipped, several = [], [], 0
     reader = _Reader(cohort_dir, queries, mask_query, settings, (slices_column, centre_column))
-
-    def fail(err: InputError):
-        if on_error == "raise":
-            raise err
-        logging.warning("skipping %s", err)
-        skipped.append({"subject_id": err.subject, "path": err.path, "problem": err.problem})
-
     for pid in sorted(set(by_id) | set(folders)):
         try:
             row = _row(pid, by_id.get(pid, []), folders, tsv)

@@ -16,7 +16,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ernjax.errors import InputError
@@ -190,6 +190,27 @@ def _utf8_text(path: Path) -> str:
         ) from None
 
 
+def failure_policy(on_error: str, skipped: list) -> Callable[[InputError], None]:
+    """What a cohort reader does with a bad subject (`data.on_error`), as one function.
+
+    "raise" raises the error; "skip" logs it and appends {"subject_id", "path", "problem"} to
+    `skipped` (`Cohort.skipped`).
+
+    Raises:
+      ValueError: `on_error` is neither.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+
+    def fail(err: InputError) -> None:
+        if on_error == "raise":
+            raise err
+        logging.warning("skipping %s", err)
+        skipped.append({"subject_id": err.subject, "path": err.path, "problem": err.problem})
+
+    return fail
+
+
 def find_subjects(
     cohort_dir,
     modalities: Mapping[str, str],
@@ -221,8 +242,8 @@ def find_subjects(
     Raises:
       InputError: bad input (under on_error="raise"), or no cohort folder / no labels.csv.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    subjects, skipped = [], []
+    fail = failure_policy(on_error, skipped)
     checked = {**modalities, **({"lesion mask": mask_pattern} if mask_pattern else {})}
     for name, pattern in checked.items():
         if not pattern or Path(pattern).is_absolute():
@@ -251,14 +272,6 @@ def find_subjects(
     else:
         names = sorted({r["label"] for r in rows} - set(MISSING_LABELS))
     patterns = (modalities, mask_pattern, slices_column, centre_column)
-    subjects, skipped = [], []
-
-    def fail(err: InputError):
-        if on_error == "raise":
-            raise err
-        logging.warning("skipping %s", err)
-        skipped.append({"subject_id": err.subject, "path": err.path, "problem": err.problem})
-
     by_id = {}
     for row in rows:
         by_id.setdefault(row["subject_id"], []).append(row)
