@@ -157,18 +157,6 @@ def taps_in_outputs(x, w, pad=3):
     return sum(y[:, t : t + out, :, :, t] for t in range(kd))
 
 
-def _fft_size(n: int) -> int:
-    """The smallest 2^a 3^b 5^c at or above n (sizes pocketfft/DUCC transform fastest)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
 def fft_conv(x, w, pad=3):
     """Lever (e): a stride-1 3D conv as a product of 3D Fourier transforms (channels first).
 
@@ -178,7 +166,7 @@ def fft_conv(x, w, pad=3):
     """
     k, c = w.shape[:3], w.shape[3]
     sizes = x.shape[1:4]
-    n = [_fft_size(s + kk - 1) for s, kk in zip(sizes, k, strict=True)]
+    n = [cpu_fast_paths._fft_size(s + kk - 1) for s, kk in zip(sizes, k, strict=True)]
     xc = jnp.moveaxis(x, -1, 1)  # [B, C, D, H, W]
     xf = jnp.fft.rfftn(xc, s=n, axes=(2, 3, 4))
     wf = jnp.transpose(w[::-1, ::-1, ::-1], (3, 4, 0, 1, 2))  # [C, O, kd, kh, kw], flipped
